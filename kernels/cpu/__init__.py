@@ -1,0 +1,1 @@
+"""Numba @njit CPU kernels (NumPy arrays in, NumPy arrays out)."""

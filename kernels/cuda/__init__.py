@@ -1,0 +1,1 @@
+"""Numba CUDA kernels (CuPy arrays in, via __cuda_array_interface__)."""

@@ -1,0 +1,147 @@
+"""Devices and array modules.
+
+"cpu" arrays are NumPy arrays, "cuda" arrays are CuPy arrays. Every op is written
+once against ``xp`` (the array module of its inputs), so the same reference code
+runs on both devices. The helpers here are the only place that knows about CuPy.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+DEVICES = ("cpu", "cuda")
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+DEFAULT_FLOAT = np.dtype(np.float32)
+
+_CUDA_HINT = ("install CuPy for your CUDA version (pip install 'tinygrad_lm[cuda]' for CUDA 12, "
+              "or cupy-cuda13x for CUDA 13) on a machine with an NVIDIA GPU and driver")
+
+
+def normalize_device(device) -> str:
+    """'cpu' or 'cuda' from a user-given name (None means 'cpu'); unknown names raise ValueError."""
+    if device is None:
+        return "cpu"
+    name = str(device).lower()
+    if name.startswith("cuda:"):  # a single GPU is supported; accept PyTorch's spelling of it
+        name = "cuda"
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {device!r}: expected one of {DEVICES}")
+    return name
+
+
+def cupy_module():
+    """Return the cupy module if a usable NVIDIA GPU is present, else raise RuntimeError.
+
+    Asks CuPy (not numba.cuda.is_available(), which is True under the CUDA simulator)."""
+    try:
+        import cupy
+    except ImportError as e:
+        raise RuntimeError(f"device 'cuda' needs CuPy, which is not installed: {_CUDA_HINT}") from e
+    try:
+        ok = cupy.cuda.is_available()
+    except Exception:  # driver libraries missing
+        ok = False
+    if not ok:
+        raise RuntimeError(f"device 'cuda' was requested but CuPy finds no usable GPU: {_CUDA_HINT}")
+    return cupy
+
+
+def cuda_available() -> bool:
+    """True when CuPy is installed and sees a GPU."""
+    try:
+        cupy_module()
+        return True
+    except RuntimeError:
+        return False
+
+
+def get_xp(device: str):
+    """The array module for a (normalized) device name."""
+    return np if device == "cpu" else cupy_module()
+
+
+def xp_of(arr):
+    """The array module an array belongs to (numpy for anything that is not a CuPy array)."""
+    return np if isinstance(arr, np.ndarray) or type(arr).__module__.split(".")[0] != "cupy" else cupy_module()
+
+
+def device_of(arr) -> str:
+    return "cpu" if isinstance(arr, (np.ndarray, np.generic)) else "cuda"
+
+
+def to_device(arr, device: str):
+    """Copy an array to the given device (no copy if it is already there)."""
+    if device_of(arr) == device:
+        return arr
+    if device == "cpu":
+        return arr.get()
+    return cupy_module().asarray(arr)
+
+
+def to_numpy(arr) -> np.ndarray:
+    return arr if isinstance(arr, np.ndarray) else (np.asarray(arr) if isinstance(arr, np.generic) else arr.get())
+
+
+def is_float(dtype) -> bool:
+    return np.dtype(dtype).kind == "f"
+
+
+# ---- helpers shared by many ops (one place each) ---------------------------------------
+
+def unbroadcast(grad, shape):
+    """Sum a broadcast gradient back down to an operand's shape (the backward of broadcasting)."""
+    if grad.shape == shape:
+        return grad
+    lead = grad.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, s in enumerate(shape) if s == 1 and grad.shape[lead + i] != 1)
+    return grad.sum(axis=axes, keepdims=True).reshape(shape) if axes else grad.reshape(shape)
+
+
+def normalize_axis(axis, ndim: int, op: str = "reduction") -> tuple[int, ...]:
+    """An int, tuple of ints or None as a sorted tuple of non-negative axes, with a clear error."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if not isinstance(a, (int, np.integer)):
+            raise TypeError(f"{op}: axis must be an int, a tuple of ints or None, got {axis!r}")
+        if not -ndim <= a < max(ndim, 1):
+            raise ValueError(f"{op}: axis {a} is out of range for a tensor with {ndim} dimensions")
+        out.append(int(a) % max(ndim, 1))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{op}: repeated axis in {axis!r}")
+    return tuple(sorted(out))
+
+
+def scatter_add(target, index, values):
+    """target[index] += values, accumulating repeated indices (np.add.at / cupyx.scatter_add)."""
+    if isinstance(target, np.ndarray):
+        np.add.at(target, index, values)
+    else:
+        import cupyx
+        cupyx.scatter_add(target, index, values)
+    return target
+
+
+_erf_cpu = None
+
+
+def _erf_scalar(v):
+    return math.erf(v)
+
+
+def erf(x):
+    """Elementwise error function in the dtype of x (NumPy has none; Numba's math.erf is exact libm)."""
+    global _erf_cpu
+    if isinstance(x, np.ndarray):
+        if _erf_cpu is None:
+            import numba
+            _erf_cpu = numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)(_erf_scalar)
+        if x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float32)
+        return _erf_cpu(x)
+    from cupyx.scipy.special import erf as cupy_erf
+    return cupy_erf(x)

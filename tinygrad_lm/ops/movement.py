@@ -1,0 +1,79 @@
+"""Shape and movement ops: they rearrange elements, so their backward rearranges gradients back."""
+import numpy as np
+
+from ..backend import scatter_add, unbroadcast, xp_of
+from ..tensor import Function
+
+
+class Reshape(Function):
+    def forward(self, x, shape):
+        self.in_shape = x.shape
+        return x.reshape(shape)
+
+    def backward(self, g):
+        return g.reshape(self.in_shape)
+
+
+class Transpose(Function):
+    def forward(self, x, axes):
+        self.inverse = tuple(np.argsort(axes))
+        return x.transpose(axes)
+
+    def backward(self, g):
+        return g.transpose(self.inverse)
+
+
+class Expand(Function):
+    def forward(self, x, shape):
+        self.in_shape = x.shape
+        return xp_of(x).broadcast_to(x, shape)
+
+    def backward(self, g):  # every copy of an element sends its gradient back
+        return unbroadcast(g, self.in_shape)
+
+
+class Cast(Function):
+    def forward(self, x, dtype):
+        self.in_dtype = x.dtype
+        return x.astype(dtype)
+
+    def backward(self, g):
+        return g.astype(self.in_dtype)
+
+
+def _is_basic(index) -> bool:
+    """True for ints, slices, None and Ellipsis only: such an index never repeats an element."""
+    items = index if isinstance(index, tuple) else (index,)
+    return all(i is None or i is Ellipsis or isinstance(i, (int, np.integer, slice)) for i in items)
+
+
+class GetItem(Function):
+    def forward(self, x, index):
+        self.in_shape, self.dtype, self.index = x.shape, x.dtype, index
+        try:
+            return x[index]
+        except IndexError as e:
+            raise IndexError(f"index {index!r} is invalid for a tensor of shape {x.shape}: {e}") from None
+
+    def backward(self, g):
+        xp = xp_of(g)
+        gx = xp.zeros(self.in_shape, dtype=g.dtype)
+        if _is_basic(self.index):
+            gx[self.index] = g
+        else:  # integer-array indices may repeat: accumulate, never overwrite
+            index = self.index
+            if isinstance(index, tuple) and any(i is None or i is Ellipsis for i in index):
+                raise NotImplementedError("the gradient of an index mixing integer arrays with None/Ellipsis "
+                                          "is not supported; reshape first")
+            scatter_add(gx, index, g)
+        return gx
+
+
+class Concatenate(Function):
+    def forward(self, *xs, axis):
+        self.axis = axis
+        self.bounds = np.cumsum([x.shape[axis] for x in xs])[:-1]
+        return xp_of(xs[0]).concatenate(xs, axis=axis)
+
+    def backward(self, g):
+        return tuple(xp_of(g).split(g, self.bounds, axis=self.axis))
