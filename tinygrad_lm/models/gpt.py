@@ -1,0 +1,227 @@
+"""A decoder-only transformer (GPT) in the shape of nanoGPT's model.py.
+
+With the defaults this is GPT-2's architecture and its state_dict uses GPT-2/nanoGPT names
+(transformer.wte.weight, transformer.h.0.attn.c_attn.weight, ...; Linear weights (out, in)),
+so weights move to and from the PyTorch ecosystem by name. Options switch in RoPE or
+sinusoidal positions, RMSNorm, SwiGLU and grouped-query attention."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from .. import backend
+from .. import functional as F
+from ..nn import Block, Dropout, Embedding, KVCache, Linear, Module, ModuleDict, ModuleList, RoPE, sinusoidal_table
+from ..nn.block import MLP_KINDS, make_norm
+from ..sampling import check_sampling_args, sample
+from ..tensor import Tensor, get_rng, no_grad
+
+POS_KINDS = ("learned", "rope", "sinusoidal")
+NORM_KINDS = ("layernorm", "rmsnorm")
+
+
+@dataclass
+class GPTConfig:
+    """Model shape. Defaults are nanoGPT's GPT-2 (124M) with its padded vocabulary."""
+    vocab_size: int = 50304
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int | None = None      # None: same as n_head (no grouped-query attention)
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True                 # biases in Linear and LayerNorm layers
+    pos: str = "learned"              # "learned" | "rope" | "sinusoidal"
+    norm: str = "layernorm"           # "layernorm" | "rmsnorm"
+    mlp: str = "gelu"                 # "gelu" (exact erf) | "gelu_tanh" (OpenAI GPT-2) | "swiglu"
+    tie_weights: bool = True          # lm_head shares the token embedding matrix
+
+    def __post_init__(self):
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"GPTConfig: {name} must be a positive integer, got {v!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"GPTConfig: n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
+        for name, allowed in (("pos", POS_KINDS), ("norm", NORM_KINDS), ("mlp", MLP_KINDS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"GPTConfig: {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"GPTConfig: rope needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"GPTConfig: unknown fields {unknown}")
+        return cls(**d)
+
+
+class GPT(Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        c = self.config = config
+        rope = RoPE(c.n_embd // c.n_head, c.block_size) if c.pos == "rope" else None
+        parts = {"wte": Embedding(c.vocab_size, c.n_embd)}
+        if c.pos == "learned":
+            parts["wpe"] = Embedding(c.block_size, c.n_embd)
+        parts["drop"] = Dropout(c.dropout)
+        parts["h"] = ModuleList(Block(c.n_embd, c.n_head, c.n_kv_head, c.bias, c.dropout, c.norm, c.mlp, rope)
+                                for _ in range(c.n_layer))
+        parts["ln_f"] = make_norm(c.norm, c.n_embd, c.bias)
+        self.transformer = ModuleDict(parts)
+        self.lm_head = Linear(c.n_embd, c.vocab_size, bias=False)
+        if c.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight
+        self._sinusoid = sinusoidal_table(c.block_size, c.n_embd) if c.pos == "sinusoidal" else None
+        self._init_weights()
+
+    def _init_weights(self):
+        """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2 n_layer)."""
+        rng = get_rng()
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                p.data[...] = 0
+            elif p.ndim == 2:
+                std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj.weight") else 0.02
+                p.data[...] = rng.normal(0.0, std, p.shape)
+
+    # ---- sizes --------------------------------------------------------------------------
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; like nanoGPT, position embeddings are left out by default."""
+        n = self.num_parameters()
+        if non_embedding and self.config.pos == "learned":
+            n -= self.transformer.wpe.weight.size
+        return n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs (forward + backward) per token at full context, nanoGPT/PaLM's estimate."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size
+
+    # ---- forward ----------------------------------------------------------------------------
+    def forward(self, idx, targets=None, *, cache: KVCache | None = None, all_logits: bool = False):
+        """idx (B, T) token ids -> (logits, loss).
+
+        With targets: logits (B, T, V) and the mean cross-entropy (targets of -1 are ignored).
+        Without: logits of the last position only, (B, 1, V), unless all_logits. A cache makes
+        idx continue the cached tokens (positions start at cache.pos)."""
+        ids = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
+        if ids.ndim != 2 or ids.dtype.kind not in "iu":
+            raise ValueError(f"GPT: idx must be a (B, T) integer array, got shape {ids.shape} dtype {ids.dtype}")
+        B, T = ids.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"GPT: sequence of length {start + T} is longer than block_size {self.config.block_size}")
+        tr = self.transformer
+        x = tr.wte(ids)                                                    # (B, T, C)
+        if self.config.pos == "learned":
+            x = x + tr.wpe(np.arange(start, start + T))                    # (T, C) broadcast
+        elif self._sinusoid is not None:
+            table = backend.to_device(self._sinusoid[start:start + T].astype(x.dtype), x.device)
+            x = x + Tensor._wrap(table, False)
+        x = tr.drop(x)
+        for i, block in enumerate(tr.h):
+            x = block(x, start=start, cache=cache, layer=i)
+        if cache is not None:
+            cache.advance(T)
+        x = tr.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)                                       # (B, T, V)
+            t = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
+            return logits, F.cross_entropy(logits, t, ignore_index=-1)
+        return (self.lm_head(x) if all_logits else self.lm_head(x[:, -1:, :])), None   # (B, 1, V)
+
+    # ---- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas=(0.9, 0.95), eps: float = 1e-8):
+        """AdamW that decays matrices (ndim >= 2: weights, embeddings) but not biases or norm scales."""
+        from ..optim import AdamW
+        params = self.parameters()
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
+
+    # ---- generation -------------------------------------------------------------------------
+    def new_cache(self, batch: int) -> KVCache:
+        c = self.config
+        p = self.transformer.wte.weight
+        return KVCache(c.n_layer, batch, c.n_kv_head, c.block_size, c.n_embd // c.n_head, p.dtype,
+                       backend.xp_of(p.data))
+
+    @no_grad()
+    def _decode(self, idx, max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache):
+        """Yield the next tokens (B,) one step at a time.
+
+        Context window: at most block_size tokens. When it is full, the oldest quarter is
+        dropped and the rest is re-read (one prefill), so a long generation costs one prefill
+        per block_size/4 tokens instead of one per token. use_cache=False recomputes the same
+        window from scratch every step (for checking the cache)."""
+        check_sampling_args(temperature, top_k, top_p)
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        seq = np.array(idx.data if isinstance(idx, Tensor) else idx, dtype=np.int64)
+        if seq.ndim == 1:
+            seq = seq[None, :]
+        if seq.ndim != 2 or seq.shape[1] == 0:
+            raise ValueError(f"generate: idx must be (B, T) with T >= 1, got shape {seq.shape}")
+        stops = np.asarray([] if stop is None else np.atleast_1d(stop), dtype=np.int64)
+        rng = np.random.default_rng(seed) if seed is not None else get_rng()
+        block = self.config.block_size
+        keep = max(1, block - block // 4)
+        win = max(0, seq.shape[1] - block)                 # the window is seq[:, win:]
+        cache = None
+        done = np.zeros(seq.shape[0], dtype=bool)
+        for _ in range(max_new_tokens):
+            full = seq.shape[1] - win > block
+            if full:
+                win = seq.shape[1] - keep
+            if use_cache:
+                if cache is None or full:
+                    cache = cache or self.new_cache(seq.shape[0])
+                    cache.reset()
+                    logits, _ = self(seq[:, win:], cache=cache)     # prefill the window
+                else:
+                    logits, _ = self(seq[:, -1:], cache=cache)      # one new token
+            else:
+                logits, _ = self(seq[:, win:])
+            nxt = sample(backend.to_numpy(logits.data[:, -1, :]), temperature, top_k, top_p, rng)
+            if stops.size:
+                nxt = np.where(done, stops[0], nxt)                 # finished rows repeat the stop token
+                done |= np.isin(nxt, stops)
+            seq = np.concatenate([seq, nxt[:, None]], axis=1)
+            yield nxt
+            if stops.size and done.all():
+                return
+
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None, stop=None, use_cache: bool = True) -> Tensor:
+        """Continue idx (B, T) by up to max_new_tokens tokens -> (B, T + new) int64 Tensor.
+
+        temperature=0 is greedy. stop: a token id or ids; a row that emitted one repeats it and
+        generation ends when every row has. seed: a private generator (else the global one)."""
+        prompt = np.array(idx.data if isinstance(idx, Tensor) else idx, dtype=np.int64)
+        if prompt.ndim == 1:
+            prompt = prompt[None, :]
+        steps = list(self._decode(prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache))
+        out = np.concatenate([prompt] + [s[:, None] for s in steps], axis=1) if steps else prompt
+        return Tensor(out)
+
+    def stream(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, seed: int | None = None, stop=None):
+        """Yield new token ids (ints) of a single sequence one at a time, as they are sampled."""
+        prompt = np.array(idx.data if isinstance(idx, Tensor) else idx, dtype=np.int64).reshape(1, -1)
+        for nxt in self._decode(prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, True):
+            yield int(nxt[0])

@@ -1,0 +1,69 @@
+"""The feed-forward network and the pre-norm residual transformer block."""
+from __future__ import annotations
+
+from .. import functional as F
+from ..tensor import split
+from .attention import CausalSelfAttention
+from .layers import Dropout, LayerNorm, Linear, RMSNorm
+from .module import Module
+
+MLP_KINDS = ("gelu", "gelu_tanh", "swiglu")
+
+
+def swiglu_hidden(n_embd: int) -> int:
+    """LLaMA's hidden size: 2/3 of 4*n_embd (same parameter count as a GELU MLP), rounded up to 8."""
+    return -(-int(8 * n_embd / 3) // 8) * 8
+
+
+class MLP(Module):
+    """Position-wise feed-forward: c_fc -> activation -> c_proj (GPT-2 names).
+
+    "gelu" (exact erf) and "gelu_tanh" use 4*n_embd hidden units; "swiglu" computes
+    silu(gate) * up with gate and up stacked in c_fc."""
+
+    def __init__(self, n_embd: int, kind: str = "gelu", bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        if kind not in MLP_KINDS:
+            raise ValueError(f"MLP kind must be one of {MLP_KINDS}, got {kind!r}")
+        self.kind = kind
+        hidden = swiglu_hidden(n_embd) if kind == "swiglu" else 4 * n_embd
+        self.c_fc = Linear(n_embd, 2 * hidden if kind == "swiglu" else hidden, bias=bias)
+        self.c_proj = Linear(hidden, n_embd, bias=bias)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x):
+        h = self.c_fc(x)                                                 # (B, T, hidden or 2*hidden)
+        if self.kind == "swiglu":
+            gate, up = split(h, 2, axis=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh" if self.kind == "gelu_tanh" else "none")
+        return self.dropout(self.c_proj(h))
+
+    def extra_repr(self):
+        return f"kind={self.kind!r}"
+
+
+def make_norm(kind: str, dim: int, bias: bool):
+    if kind == "layernorm":
+        return LayerNorm(dim, bias=bias)
+    if kind == "rmsnorm":
+        return RMSNorm(dim)
+    raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {kind!r}")
+
+
+class Block(Module):
+    """x + attn(norm(x)), then x + mlp(norm(x)): the pre-norm residual block of GPT-2."""
+
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: int | None = None, bias: bool = True,
+                 dropout: float = 0.0, norm: str = "layernorm", mlp: str = "gelu", rope=None):
+        super().__init__()
+        self.ln_1 = make_norm(norm, n_embd, bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, n_kv_head, bias=bias, dropout=dropout, rope=rope)
+        self.ln_2 = make_norm(norm, n_embd, bias)
+        self.mlp = MLP(n_embd, mlp, bias=bias, dropout=dropout)
+
+    def forward(self, x, start: int = 0, cache=None, layer: int = 0):
+        x = x + self.attn(self.ln_1(x), start=start, cache=cache, layer=layer)
+        return x + self.mlp(self.ln_2(x))
+
