@@ -70,6 +70,8 @@ class Pow(Function):
 
 class PowScalar(Function):
     def forward(self, x, exponent):
+        if hasattr(exponent, "item"):  # a NumPy scalar would promote float32 to its own dtype
+            exponent = exponent.item()
         self.x, self.p = x, exponent
         return x ** exponent
 

@@ -12,6 +12,8 @@ class MatMul(Function):
         a, b = self.a, self.b
         xp = xp_of(g)
         na, nb = self.needs_input_grad
+        if a.ndim == 1 and b.ndim == 1:  # inner product: g is a scalar
+            return (g * b if na else None), (g * a if nb else None)
         # view 1-D operands as matrices: a (K,) -> (1, K), b (K,) -> (K, 1)
         A = a[None, :] if a.ndim == 1 else a
         B = b[:, None] if b.ndim == 1 else b
