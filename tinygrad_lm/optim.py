@@ -333,6 +333,18 @@ class AdamW(Optimizer):
 
 # ---- gradient clipping ----------------------------------------------------------------------
 
+def _norm(g, norm_type: float) -> float:
+    """The norm of one array as a Python float, rescued when its sum of powers overflows."""
+    xp, flat = xp_of(g), g.ravel()
+    with np.errstate(over="ignore"):
+        n = float(xp.linalg.norm(flat, ord=norm_type))
+    if n == math.inf and norm_type != math.inf:  # e.g. float32 |g| > 1.8e19: square overflows
+        top = float(xp.abs(flat).max())
+        if math.isfinite(top):  # all entries finite: the norm is top * norm(g / top)
+            n = top * float(xp.linalg.norm(flat / flat.dtype.type(top), ord=norm_type))
+    return n
+
+
 def clip_grad_norm(params, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> float:
     """Scale all gradients together so their joint norm is at most ``max_norm``; return that
     norm (before clipping) as a Python float. Like torch.nn.utils.clip_grad_norm_:
@@ -357,7 +369,7 @@ def clip_grad_norm(params, max_norm: float, norm_type: float = 2.0, error_if_non
     if not grads:
         return 0.0
     # Norm of the per-tensor norms (as torch does); each one in its grad's own dtype.
-    norms = [float(xp_of(g).linalg.norm(g.ravel(), ord=norm_type)) for g in grads]
+    norms = [_norm(g, norm_type) for g in grads]
     top = max(norms)
     if any(math.isnan(n) for n in norms):
         total = math.nan
