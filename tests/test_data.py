@@ -174,6 +174,11 @@ def test_missing_path(tmp_path, cache):
     assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, D.DataError)
 
 
+def test_empty_path_string_is_not_the_working_directory(cache):
+    with pytest.raises(D.DataError, match="empty"):
+        D.load_dataset("", cache_dir=cache)
+
+
 def test_empty_file(tmp_path, cache):
     p = tmp_path / "empty.txt"
     p.write_bytes(b"")

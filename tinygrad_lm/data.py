@@ -114,6 +114,8 @@ def read_corpus(path) -> Corpus:
     """
     if path is None:
         return default_corpus()
+    if str(path) == "":  # Path("") is ".", which would quietly read the working directory
+        raise DataError("the data path is empty")
     p = Path(path)
     if not p.exists():
         raise DataPathNotFoundError(f"data path not found: {path}")
