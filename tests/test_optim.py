@@ -2,6 +2,7 @@
 from PyTorch's documented pseudo-code, dtype discipline, param groups, state_dict, gradient
 clipping, the learning-rate schedule and every validation error. PyTorch is not needed."""
 import copy
+import json
 import math
 
 import numpy as np
@@ -334,6 +335,16 @@ def test_state_dict_round_trip_continues_exactly(opt_cls, kw):
     for i in sd["state"]:
         for k in sd["state"][i]:
             np.testing.assert_array_equal(sd["state"][i][k], saved["state"][i][k])
+
+
+def test_state_dict_options_are_plain_python():
+    # checkpoint.py writes options as JSON: NumPy scalars (np.float32 is not a float) must not leak in
+    opt = AdamW([_p()], lr=np.float32(0.5), betas=(np.float32(0.5), 0.9), weight_decay=np.float64(0.1))
+    opt.param_groups[0]["params"][0].grad = np.ones(2)
+    opt.step()
+    sd = opt.state_dict()
+    json.dumps(sd["param_groups"])
+    assert type(sd["param_groups"][0]["lr"]) is float and type(sd["state"][0]["step"]) is int
 
 
 def test_load_state_dict_copies_and_casts():

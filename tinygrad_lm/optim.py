@@ -15,8 +15,9 @@ Typical loop, with gradient accumulation (nothing special is needed: every
         clip_grad_norm(model.parameters(), 1.0)
         opt.step(); opt.zero_grad()
 
-``state_dict()`` holds copies on the host (NumPy arrays and Python numbers), so it can be
-saved as is; ``load_state_dict()`` copies them onto each parameter's device and dtype.
+``state_dict()`` holds copies on the host (NumPy arrays; options and counters as Python
+numbers, JSON-friendly), so it can be saved as is; ``load_state_dict()`` copies them onto
+each parameter's device and dtype.
 """
 from __future__ import annotations
 
@@ -50,6 +51,13 @@ def _params_list(params, what: str) -> list:
         raise TypeError(f"{what} should be an iterable of Tensors or dicts, got a single Tensor; "
                         f"wrap it in a list")
     return list(params)
+
+
+def _plain(value):
+    """NumPy scalars (also inside tuples) as Python numbers, so a state_dict is JSON-friendly."""
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return value.item() if isinstance(value, np.generic) else value
 
 
 # ---- the base class -------------------------------------------------------------------------
@@ -159,12 +167,12 @@ class Optimizer:
             for p in group["params"]:
                 index[id(p)] = len(index)
                 ids.append(index[id(p)])
-            groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": ids})
+            groups.append({**{k: _plain(v) for k, v in group.items() if k != "params"}, "params": ids})
         state = {}
         for group in self.param_groups:
             for p in group["params"]:
                 if self.state.get(p):
-                    state[index[id(p)]] = {k: (to_numpy(v).copy() if k in self._array_state else v)
+                    state[index[id(p)]] = {k: (to_numpy(v).copy() if k in self._array_state else _plain(v))
                                            for k, v in self.state[p].items()}
         return {"state": state, "param_groups": groups}
 
