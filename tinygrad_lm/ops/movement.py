@@ -63,9 +63,11 @@ class GetItem(Function):
         else:  # integer-array indices may repeat: accumulate, never overwrite
             index = self.index
             if isinstance(index, tuple) and any(i is None or i is Ellipsis for i in index):
-                raise NotImplementedError("the gradient of an index mixing integer arrays with None/Ellipsis "
-                                          "is not supported; reshape first")
-            scatter_add(gx, index, g)
+                # mixed with None/Ellipsis: index an arange to learn each output's flat source position
+                pos = xp.arange(gx.size).reshape(self.in_shape)[index]
+                scatter_add(gx.reshape(-1), pos.reshape(-1), g.reshape(-1))
+            else:
+                scatter_add(gx, index, g)
         return gx
 
 
