@@ -1,0 +1,93 @@
+"""Checkpoints: one .npz file holding everything needed to resume or sample.
+
+Arrays (model weights under "model/NAME", optimizer state under "optim/INDEX/NAME") are
+stored as host NumPy arrays, so a checkpoint loads onto any device. Everything else (configs,
+tokenizer, step, RNG states, optimizer options) is one JSON document under "meta".
+Writes are atomic: a temporary file in the same folder is written, flushed to disk and
+renamed over the old checkpoint, so an interruption never leaves a half-written file."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+CKPT_NAME = "ckpt.npz"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not fit the model it is loaded into."""
+
+
+def checkpoint_path(path) -> Path:
+    """A checkpoint file from a file path or an output folder (folder/ckpt.npz)."""
+    p = Path(path)
+    return p / CKPT_NAME if p.is_dir() or not p.suffix else p
+
+
+def save_checkpoint(path, model_state: dict, meta: dict, optim_state: dict | None = None) -> Path:
+    """Atomically write model arrays, optimizer state and a JSON-able meta dict."""
+    path = checkpoint_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"model/{k}": np.asarray(v) for k, v in model_state.items()}
+    meta = dict(meta, format_version=FORMAT_VERSION)
+    if optim_state is not None:
+        scalars = {}
+        for i, entry in optim_state["state"].items():
+            for k, v in entry.items():
+                if isinstance(v, np.ndarray):
+                    arrays[f"optim/{i}/{k}"] = v
+                else:
+                    scalars.setdefault(str(i), {})[k] = v
+        meta["optimizer"] = {"param_groups": optim_state["param_groups"], "scalars": scalars}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path) -> dict:
+    """{"model": {name: array}, "optimizer": state_dict or None, "meta": dict} or CheckpointError."""
+    path = checkpoint_path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = {k: z[k] for k in z.files}
+        meta = json.loads(files.pop("meta").tobytes().decode())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError, EOFError) as e:
+        raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {e}") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {meta.get('format_version')!r}; "
+                              f"this tinygrad_lm reads version {FORMAT_VERSION}")
+    for key in ("model_config", "tokenizer", "step"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint {path} lacks '{key}' (not written by tinygrad-lm train?)")
+    model = {k[len("model/"):]: v for k, v in files.items() if k.startswith("model/")}
+    optim = None
+    if "optimizer" in meta:
+        state: dict = {}
+        for k, v in files.items():
+            if k.startswith("optim/"):
+                _, i, name = k.split("/", 2)
+                state.setdefault(int(i), {})[name] = v
+        for i, entry in meta["optimizer"]["scalars"].items():
+            state.setdefault(int(i), {}).update(entry)
+        groups = meta["optimizer"]["param_groups"]
+        for g in groups:  # JSON turned tuples into lists
+            if "betas" in g:
+                g["betas"] = tuple(g["betas"])
+        optim = {"state": state, "param_groups": groups}
+    return {"model": model, "optimizer": optim, "meta": meta, "path": path}

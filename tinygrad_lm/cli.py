@@ -1,0 +1,290 @@
+"""`tinygrad-lm`: train, generate, eval and info from the command line.
+
+Bad input (a missing file, an invalid value, a corrupt checkpoint...) prints one line
+"tinygrad-lm: error: ..." and exits with code 2, without a traceback."""
+from __future__ import annotations
+
+import argparse
+import codecs
+import math
+import sys
+from dataclasses import fields
+
+import numpy as np
+
+from . import backend
+from .checkpoint import CheckpointError, load_checkpoint
+from .models import GPT, GPTConfig
+from .presets import DEFAULT_PRESET, PRESETS, get_preset
+from .train import TrainConfig, Trainer, TrainingError
+
+PROG = "tinygrad-lm"
+# flags written out by hand; every other GPTConfig / TrainConfig field becomes --name VALUE
+_EXPLICIT = {"out_dir", "data", "tokenizer", "device", "seed", "vocab_size", "progress"}
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of argparse's usage block
+        raise UsageError(message)
+
+
+def _bool(s: str) -> bool:
+    v = s.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def _field_type(f):
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if "bool" in t:
+        return _bool
+    if "int" in t:
+        return int
+    if "float" in t:
+        return float
+    return str
+
+
+def _add_config_flags(p: argparse.ArgumentParser):
+    group = p.add_argument_group("model and training fields (default: the preset's, else nanoGPT's)")
+    for cls in (GPTConfig, TrainConfig):
+        for f in fields(cls):
+            if f.name in _EXPLICIT:
+                continue
+            names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+            group.add_argument(*names, dest=f.name, type=_field_type(f), default=None, metavar="V")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Train and sample a small GPT written from scratch on NumPy.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a GPT (no arguments: the tiny preset on the built-in corpus)")
+    t.add_argument("--data", help="UTF-8 text file or folder (default: the Python standard library's source)")
+    t.add_argument("--tokenizer", choices=("char", "byte"), default="char")
+    t.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET)
+    t.add_argument("--out", "--out_dir", dest="out_dir", default="out", help="output folder (checkpoint, log)")
+    t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    t.add_argument("--seed", type=int, default=1337)
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(t)
+
+    g = sub.add_parser("generate", help="stream text from a checkpoint")
+    g.add_argument("--ckpt", required=True, help="checkpoint folder (or .npz file)")
+    g.add_argument("--prompt", default="", help="text to continue (default: a newline)")
+    g.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=500)
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=200)
+    g.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--device", default="cpu")
+
+    e = sub.add_parser("eval", help="loss and perplexity of a checkpoint on a text")
+    e.add_argument("--ckpt", required=True)
+    e.add_argument("--data", default=None, help="text file or folder (default: the built-in corpus)")
+    e.add_argument("--split", choices=("val", "train", "all"), default="val",
+                   help="which part of the text: the last 10%% (val), the first 90%% (train), or all")
+    e.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
+    e.add_argument("--device", default="cpu")
+
+    i = sub.add_parser("info", help="parameter count, FLOPs per token, memory and config")
+    src = i.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt")
+    src.add_argument("--preset", choices=tuple(PRESETS))
+    i.add_argument("--vocab-size", "--vocab_size", dest="vocab_size", type=int, default=None,
+                   help="vocabulary size for --preset (default: 256 bytes + 1 special token)")
+    return p
+
+
+# ---- commands --------------------------------------------------------------------------------
+
+def cmd_train(args) -> int:
+    preset = get_preset(args.preset)
+    mcfg = dict(preset["model"])
+    tvals = dict(preset["train"])
+    for f in fields(GPTConfig):
+        if getattr(args, f.name, None) is not None and f.name not in _EXPLICIT:
+            mcfg[f.name] = getattr(args, f.name)
+    for f in fields(TrainConfig):
+        if f.name not in _EXPLICIT and getattr(args, f.name, None) is not None:
+            tvals[f.name] = getattr(args, f.name)
+    if "max_iters" in tvals and getattr(args, "lr_decay_iters", None) is None and args.max_iters is not None:
+        tvals["lr_decay_iters"] = tvals["max_iters"]  # a shorter run decays over its own length
+    tcfg = TrainConfig(out_dir=args.out_dir, data=args.data, tokenizer=args.tokenizer, device=args.device,
+                       seed=args.seed, progress=not args.quiet, **tvals)
+    GPTConfig(**{**mcfg, "vocab_size": 1})  # validate the model options before loading any data
+    trainer = Trainer(tcfg, mcfg, resume=args.resume, log=lambda s: print(s, flush=True))
+    m = trainer.model
+    d = trainer.data
+    print(f"data: {d.source}, {d.num_tokens:,} tokens ({len(d.train):,} train / {len(d.val):,} val), "
+          f"vocab {trainer.tokenizer.vocab_size}; model: {m.num_params() / 1e6:.2f}M parameters", flush=True)
+    result = trainer.train()
+    if result:
+        print(f"final: train loss {result['train']:.4f}, val loss {result['val']:.4f} (iter {trainer.step})")
+    if tcfg.sample_tokens:
+        tok = trainer.tokenizer
+        print("sample:")
+        _stream(m, tok, _prompt_ids(tok, ""), tcfg.sample_tokens, 0.8, 200, None, tcfg.seed)
+    print(f"checkpoint: {trainer.out / 'ckpt.npz'}")
+    return 0
+
+
+def _load_model(path, device):
+    from .tokenizers import tokenizer_from_dict
+    ck = load_checkpoint(path)
+    try:
+        cfg = GPTConfig.from_dict(ck["meta"]["model_config"])
+        model = GPT(cfg)
+        model.load_state_dict(ck["model"])
+        tok = tokenizer_from_dict(ck["meta"]["tokenizer"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"incompatible checkpoint {ck['path']}: {e}") from None
+    if tok.vocab_size > cfg.vocab_size:
+        raise CheckpointError(f"incompatible checkpoint {ck['path']}: tokenizer has {tok.vocab_size} tokens "
+                              f"but the model only {cfg.vocab_size}")
+    return model.to(device).eval(), tok, ck
+
+
+def _prompt_ids(tok, prompt: str) -> list[int]:
+    if prompt:
+        return list(tok.encode(prompt))
+    for start in ("\n", " "):  # nanoGPT starts samples from a newline
+        try:
+            return list(tok.encode(start))
+        except ValueError:
+            continue
+    return [0]
+
+
+def _stream(model, tok, ids, n, temperature, top_k, top_p, seed):
+    """Print tokens as they come. Byte-level ids go through an incremental UTF-8 decoder so a
+    character split over several tokens prints once it is complete."""
+    out = sys.stdout
+    decode_bytes = getattr(tok, "decode_bytes", None)
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace") if decode_bytes else None
+    for t in model.stream(np.array(ids), n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed):
+        out.write(dec.decode(decode_bytes([t])) if dec else tok.decode([t]))
+        out.flush()
+    if dec:
+        out.write(dec.decode(b"", final=True))
+    out.write("\n")
+    out.flush()
+
+
+def cmd_generate(args) -> int:
+    model, tok, _ = _load_model(args.ckpt, args.device)
+    ids = _prompt_ids(tok, args.prompt)
+    top_k = min(args.top_k, model.config.vocab_size) if args.top_k is not None else None
+    if args.prompt:
+        sys.stdout.write(args.prompt)
+    _stream(model, tok, ids, args.max_new_tokens, args.temperature, top_k, args.top_p, args.seed)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .data import load_dataset
+    from .tensor import no_grad
+    model, tok, _ = _load_model(args.ckpt, args.device)
+    data, _ = load_dataset(args.data, tokenizer=tok)
+    tokens = {"val": data.val, "train": data.train}.get(args.split)
+    if tokens is None:
+        tokens = np.concatenate([np.asarray(data.train), np.asarray(data.val)])
+    T = model.config.block_size
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if len(tokens) < 2:
+        raise UsageError(f"the {args.split} split has {len(tokens)} tokens; at least 2 are needed")
+    starts = list(range(0, len(tokens) - 1, T))  # non-overlapping windows covering every target once
+    total, count = 0.0, 0
+    with no_grad():
+        full = [s for s in starts if s + T + 1 <= len(tokens)]
+        for i in range(0, len(full), args.batch_size):
+            b = full[i:i + args.batch_size]
+            x = np.stack([tokens[s:s + T] for s in b])
+            y = np.stack([tokens[s + 1:s + T + 1] for s in b])
+            _, loss = model(backend.to_device(x, args.device), backend.to_device(y, args.device))
+            total += loss.item() * y.size
+            count += y.size
+        rest = [s for s in starts if s + T + 1 > len(tokens)]
+        for s in rest:  # the ragged last window
+            x, y = tokens[s:len(tokens) - 1][None], tokens[s + 1:][None]
+            _, loss = model(backend.to_device(x, args.device), backend.to_device(y, args.device))
+            total += loss.item() * y.size
+            count += y.size
+    loss = total / count
+    print(f"loss {loss:.4f}  perplexity {math.exp(loss):.3f}  ({count:,} tokens, split {args.split})")
+    return 0
+
+
+def cmd_info(args) -> int:
+    batch = None
+    if args.ckpt:
+        ck = load_checkpoint(args.ckpt)
+        cfg = GPTConfig.from_dict(ck["meta"]["model_config"])
+        batch = ck["meta"].get("train_config", {}).get("batch_size")
+        source = str(ck["path"])
+    else:
+        p = get_preset(args.preset)
+        cfg = GPTConfig(**{**p["model"], "vocab_size": args.vocab_size or 257})
+        batch = p["train"]["batch_size"]
+        source = f"preset {args.preset}"
+    from .tensor import no_grad
+    with no_grad():
+        model = GPT(cfg)
+    n_all, n = model.num_parameters(), model.num_params()
+    C, L, T, H = cfg.n_embd, cfg.n_layer, cfg.block_size, cfg.n_head
+    # activations kept for backward, float32: about T*C*(34 + 5*H*T/C) values... per layer and sequence
+    # (Korthikanti et al. 2022, counted in 2-byte units; doubled for float32)
+    act = (batch or 1) * L * T * C * (34 + 5 * H * T / C) * 2
+    print(f"source: {source}")
+    print(f"parameters: {n_all:,} ({n:,} excluding position embeddings)")
+    print(f"FLOPs per token (training, fwd+bwd): {model.flops_per_token():,}")
+    print(f"memory, float32: weights {n_all * 4 / 2**20:.1f} MiB; weights+grads+AdamW moments "
+          f"{n_all * 16 / 2**20:.1f} MiB; activations for batch {batch or 1} ~{act / 2**20:.0f} MiB (estimate)")
+    print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "info": cmd_info}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        argv = ["train"]  # the main job: the tiny preset on the built-in corpus
+    from .tokenizers import UnknownCharactersError  # noqa: F401  (a ValueError, caught below)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            raise UsageError(f"choose a command: {', '.join(COMMANDS)}")
+        return COMMANDS[args.command](args)
+    except (UsageError, ValueError, CheckpointError, FileNotFoundError, IsADirectoryError,
+            NotADirectoryError, PermissionError) as e:
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if "cuda" in str(e).lower() or "CuPy" in str(e):
+            print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

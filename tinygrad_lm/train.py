@@ -1,0 +1,270 @@
+"""The training loop: nanoGPT's train.py as a small class, with exact resume.
+
+Everything that decides the next step is saved in the checkpoint: weights, AdamW state, the
+batch generator's state, the global generator's state (dropout), and the step. Evaluation
+draws its batches from its own fixed-seed generator, so evaluating never changes training,
+and a resumed run is bit-for-bit the run that was never interrupted."""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from . import backend
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .models import GPT, GPTConfig
+from .optim import clip_grad_norm, cosine_with_warmup, set_lr
+from .tensor import get_rng_state, manual_seed, no_grad, set_rng_state
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message names the step."""
+
+
+@dataclass
+class TrainConfig:
+    """Training options, named as in nanoGPT's train.py."""
+    out_dir: str = "out"
+    data: str | None = None            # text file or folder; None: the built-in corpus
+    tokenizer: str = "char"            # "char" | "byte"
+    device: str = "cpu"
+    seed: int = 1337
+    batch_size: int = 12
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    max_iters: int = 2000
+    warmup_iters: int = 100
+    lr_decay_iters: int = 2000
+    min_lr: float = 1e-4
+    decay_lr: bool = True
+    beta1: float = 0.9
+    beta2: float = 0.99
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0             # 0 disables clipping
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    sample_tokens: int = 200           # length of the sample printed at the end (0: none)
+    progress: bool = True              # tqdm progress bar
+
+    def __post_init__(self):
+        for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.min_lr > self.learning_rate:
+            raise ValueError(f"min_lr ({self.min_lr}) must be <= learning_rate ({self.learning_rate})")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.tokenizer not in ("char", "byte"):
+            raise ValueError(f"tokenizer must be 'char' or 'byte', got {self.tokenizer!r}")
+        self.device = backend.normalize_device(self.device)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+class Trainer:
+    """Builds (or resumes) model, optimizer and data from configs, then runs ``train()``."""
+
+    def __init__(self, tcfg: TrainConfig, mcfg: dict | None = None, resume: bool = False, log=print):
+        from .data import load_dataset
+        self.cfg, self.log = tcfg, log
+        self.out = Path(tcfg.out_dir)
+        self.ckpt = None
+        if resume:
+            self.ckpt = load_checkpoint(self.out)
+            meta = self.ckpt["meta"]
+            # the run's own settings win: a resumed run must be the same run
+            saved = meta["train_config"]
+            for k in ("data", "tokenizer", "seed", "batch_size", "gradient_accumulation_steps"):
+                setattr(tcfg, k, saved[k])
+            from .tokenizers import tokenizer_from_dict
+            self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tokenizer_from_dict(meta["tokenizer"]))
+            self.model_config = GPTConfig.from_dict(meta["model_config"])
+        else:
+            self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tcfg.tokenizer)
+            self.model_config = GPTConfig(**{**(mcfg or {}), "vocab_size": self.tokenizer.vocab_size})
+        self.data.check_block_size(self.model_config.block_size)
+        manual_seed(tcfg.seed)
+        self.model = GPT(self.model_config).to(tcfg.device)
+        self.optimizer = self.model.configure_optimizers(tcfg.weight_decay, tcfg.learning_rate,
+                                                         (tcfg.beta1, tcfg.beta2))
+        self.batch_rng = np.random.default_rng(tcfg.seed)
+        self.step, self.best_val = 0, math.inf
+        if self.ckpt is not None:
+            self._restore(self.ckpt)
+
+    # ---- state ----------------------------------------------------------------------------
+    def _restore(self, ckpt):
+        meta = ckpt["meta"]
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            if ckpt["optimizer"] is not None:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {ckpt['path']} does not fit its own model config: {e}") from None
+        self.step, self.best_val = meta["step"], meta.get("best_val_loss", math.inf)
+        self.batch_rng.bit_generator.state = meta["batch_rng"]
+        set_rng_state(meta["global_rng"])
+
+    def save(self):
+        meta = {"model_config": self.model_config.to_dict(), "train_config": asdict(self.cfg),
+                "tokenizer": self.tokenizer.to_dict(), "step": self.step, "best_val_loss": self.best_val,
+                "batch_rng": self.batch_rng.bit_generator.state, "global_rng": get_rng_state()}
+        return save_checkpoint(self.out, self.model.state_dict(), meta, self.optimizer.state_dict())
+
+    # ---- pieces of a step -----------------------------------------------------------------
+    def _batch(self, split, rng):
+        x, y = self.data.get_batch(split, self.cfg.batch_size, self.model_config.block_size, rng)
+        return backend.to_device(x, self.cfg.device), backend.to_device(y, self.cfg.device)
+
+    def lr_at(self, it: int) -> float:
+        c = self.cfg
+        if not c.decay_lr:
+            return c.learning_rate
+        return cosine_with_warmup(it, c.learning_rate, c.warmup_iters, max(c.lr_decay_iters, c.warmup_iters), c.min_lr)
+
+    @no_grad()
+    def evaluate(self) -> dict:
+        """Mean loss over eval_iters batches of each split, from a fixed-seed generator."""
+        self.model.eval()
+        out = {}
+        for split in ("train", "val"):
+            rng = np.random.default_rng(self.cfg.seed + 1)
+            losses = [self.model(*self._batch(split, rng))[1].item() for _ in range(self.cfg.eval_iters)]
+            out[split] = float(np.mean(losses))
+        self.model.train()
+        return out
+
+    def train_step(self) -> float:
+        """One optimizer step (with gradient accumulation); returns the mean micro-batch loss."""
+        c = self.cfg
+        set_lr(self.optimizer, self.lr_at(self.step))
+        total = 0.0
+        for _ in range(c.gradient_accumulation_steps):
+            _, loss = self.model(*self._batch("train", self.batch_rng))
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingError(f"loss is {value} at iter {self.step}; training stopped "
+                                    f"(the last good checkpoint is in {self.out})")
+            total += value
+            (loss / c.gradient_accumulation_steps).backward()
+        if c.grad_clip > 0:
+            norm = clip_grad_norm(self.model.parameters(), c.grad_clip)
+            if not math.isfinite(norm):
+                raise TrainingError(f"gradient norm is {norm} at iter {self.step}; training stopped "
+                                    f"(the last good checkpoint is in {self.out})")
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return total / c.gradient_accumulation_steps
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def train(self) -> dict:
+        """Train until max_iters; Ctrl-C saves a checkpoint first. Returns the last eval."""
+        c = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        logf = open(self.out / "log.jsonl", "a" if self.ckpt is not None else "w")
+        stop = {"flag": False}
+
+        def on_sigint(signum, frame):  # finish the current step, save, then exit
+            if stop["flag"]:
+                raise KeyboardInterrupt
+            stop["flag"] = True
+
+        old_handler = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+        bar = _progress(c, self.step)
+        tokens_per_iter = c.batch_size * c.gradient_accumulation_steps * self.model_config.block_size
+        last_eval = {}
+        resumed_at = self.step if self.ckpt is not None else None
+        try:
+            while True:
+                if self.step % c.eval_interval == 0 or self.step == c.max_iters:
+                    if self.step != resumed_at:  # a resumed run already evaluated this step
+                        last_eval = self.evaluate()
+                        rec = {"iter": self.step, "train_loss": last_eval["train"], "val_loss": last_eval["val"],
+                               "lr": self.lr_at(self.step), "eval": True}
+                        logf.write(json.dumps(rec) + "\n")
+                        logf.flush()
+                        self.log(f"step {self.step}: train loss {last_eval['train']:.4f}, val loss {last_eval['val']:.4f}")
+                        self.best_val = min(self.best_val, last_eval["val"])
+                        self.save()
+                if self.step >= c.max_iters or stop["flag"]:
+                    break
+                t0 = time.perf_counter()
+                loss = self.train_step()
+                dt = time.perf_counter() - t0
+                self.step += 1
+                if self.step % c.log_interval == 0 or self.step == 1:
+                    rec = {"iter": self.step, "train_loss": loss, "lr": self.lr_at(self.step - 1),
+                           "ms_per_iter": dt * 1e3, "tokens_per_s": tokens_per_iter / dt}
+                    logf.write(json.dumps(rec) + "\n")
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr_at(self.step - 1):.2e}",
+                                    tok_s=f"{tokens_per_iter / dt:,.0f}", refresh=False)
+                    bar.update(1)
+            if stop["flag"]:
+                self.save()
+                self.log(f"interrupted: checkpoint saved at iter {self.step} in {self.out}")
+        finally:
+            if bar is not None:
+                bar.close()
+            logf.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+        plot_losses(self.out / "log.jsonl", self.out / "loss.png")
+        return last_eval
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _progress(cfg: TrainConfig, start: int):
+    if not cfg.progress:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=cfg.max_iters, initial=start, desc="train", unit="it", file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.5)
+
+
+def plot_losses(log_path: Path, png_path: Path) -> Path | None:
+    """Write a loss-curve PNG from log.jsonl if matplotlib is installed (the `plot` extra)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    recs = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    train = [(r["iter"], r["train_loss"]) for r in recs if not r.get("eval")]
+    val = [(r["iter"], r["val_loss"]) for r in recs if r.get("eval")]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train (batch)", alpha=0.6)
+    if val:
+        ax.plot(*zip(*val), "o-", label="val")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cross-entropy loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
