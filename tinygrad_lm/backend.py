@@ -136,7 +136,8 @@ def _erf_scalar(v):
 def erf(x):
     """Elementwise error function in the dtype of x (NumPy has none; Numba's math.erf is exact libm)."""
     global _erf_cpu
-    if isinstance(x, np.ndarray):
+    if isinstance(x, (np.ndarray, np.generic)):  # a 0-d op result may be a NumPy scalar
+        x = np.asarray(x)
         if _erf_cpu is None:
             import numba
             _erf_cpu = numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)(_erf_scalar)
