@@ -48,10 +48,7 @@ def distinct(shape, step=0.05):
     """Distinct values on a grid offset by step/2: no ties and no zeros, every pair at least
     ``step`` apart. For ops with kinks (abs, relu, max, clip), where a finite difference across
     a tie or a kink would be meaningless."""
-    n = int(np.prod(shape))
-    half = 60
-    if n > 2 * half:
-        raise ValueError("distinct(): shape too large")
+    half = max(60, int(np.prod(shape)) // 2 + 1)
     return hnp.arrays(np.int64, shape, elements=st.integers(-half, half - 1), unique=True).map(
         lambda a: a * step + step / 2)
 
