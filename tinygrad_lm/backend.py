@@ -103,6 +103,8 @@ def normalize_axis(axis, ndim: int, op: str = "reduction") -> tuple[int, ...]:
     """An int, tuple of ints or None as a sorted tuple of non-negative axes, with a clear error."""
     if axis is None:
         return tuple(range(ndim))
+    if not isinstance(axis, (int, np.integer, tuple, list)):
+        raise TypeError(f"{op}: axis must be an int, a tuple of ints or None, got {axis!r}")
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     out = []
     for a in axes:
