@@ -17,11 +17,18 @@ import numpy as np
 from . import backend
 from .backend import DEFAULT_FLOAT, device_of, is_float, normalize_device
 
-_state = threading.local()
+class _GradMode(threading.local):
+    """Grad mode, per thread (like PyTorch's). The class attribute is every thread's default, so
+    reading ``_state.grad_enabled`` never misses; ``getattr(local, name, default)`` on a miss
+    raises and catches an AttributeError, which cost more than the rest of an op's bookkeeping."""
+    grad_enabled = True
+
+
+_state = _GradMode()
 
 
 def is_grad_enabled() -> bool:
-    return getattr(_state, "grad_enabled", True)
+    return _state.grad_enabled
 
 
 class no_grad(contextlib.ContextDecorator):
@@ -58,15 +65,15 @@ class Function:
 
     @classmethod
     def apply(cls, *tensors: "Tensor", **kwargs) -> "Tensor":
+        # Runs once per op, so it stays lean: list comprehensions, not generators; `True in`,
+        # not any(); the grad mode read last, only when some input requires grad.
         ctx = cls()
-        needs = tuple(t.requires_grad for t in tensors)
-        record = any(needs) and getattr(_state, "grad_enabled", True)
-        ctx.needs_input_grad = needs
-        out = Tensor._wrap(ctx.forward(*[t.data for t in tensors], **kwargs), record)
-        if record:
+        ctx.needs_input_grad = needs = tuple([t.requires_grad for t in tensors])
+        out = ctx.forward(*[t.data for t in tensors], **kwargs)
+        if True in needs and _state.grad_enabled:
             ctx.parents = tensors
-            out._ctx = ctx
-        return out
+            return Tensor._wrap(out, True, ctx)
+        return Tensor._wrap(out, False)
 
     def forward(self, *args, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -122,10 +129,13 @@ class Tensor:
             self.requires_grad_(True)
 
     @staticmethod
-    def _wrap(data, requires_grad: bool) -> "Tensor":
+    def _wrap(data, requires_grad: bool, ctx: "Function | None" = None) -> "Tensor":
         """Fast constructor for op outputs: no conversion or checks."""
         t = Tensor.__new__(Tensor)
-        t.data, t.grad, t.requires_grad, t._ctx = data, None, requires_grad, None
+        t.data = data
+        t.grad = None
+        t.requires_grad = requires_grad
+        t._ctx = ctx
         return t
 
     def requires_grad_(self, flag: bool = True) -> "Tensor":
@@ -444,8 +454,9 @@ class Tensor:
     # movement
     def reshape(self, *shape):
         """Same data in a new shape; one dimension may be -1."""
-        new = _infer_shape(_shape_arg(shape), self.size, self.shape)
-        return self if new == self.shape else ops.movement.Reshape.apply(self, shape=new)
+        old = self.data.shape
+        new = _infer_shape(_shape_arg(shape), self.data.size, old)
+        return self if new == old else ops.movement.Reshape.apply(self, shape=new)
 
     view = reshape
 
@@ -538,7 +549,7 @@ def _functional():
 def _shape_arg(shape):
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
-    return tuple(int(s) for s in shape)
+    return tuple([int(s) for s in shape])
 
 
 def _infer_shape(shape, size, old):
@@ -553,7 +564,7 @@ def _infer_shape(shape, size, old):
     if -1 in shape:
         if known == 0 or size % known:
             raise ValueError(f"reshape: cannot reshape tensor of shape {old} ({size} elements) into {shape}")
-        shape = tuple(size // known if s == -1 else s for s in shape)
+        shape = tuple([size // known if s == -1 else s for s in shape])
     elif known != size:
         raise ValueError(f"reshape: cannot reshape tensor of shape {old} ({size} elements) into {shape}")
     return shape
