@@ -5,8 +5,6 @@ no example database so every run draws fresh, independent examples) and "dev" (m
 examples). Pick one with HYPOTHESIS_PROFILE=dev."""
 import os
 
-import numpy as np
-import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -18,9 +16,3 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-
-@pytest.fixture
-def rng():
-    """A NumPy generator with a fixed seed, for tests that are not hypothesis-driven."""
-    return np.random.default_rng(0)
