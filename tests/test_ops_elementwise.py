@@ -104,6 +104,13 @@ def test_pow_scalar(p, data):
     check(lambda x: x ** p, lambda x: x ** np.float64(p), a)
 
 
+@pytest.mark.parametrize("p,expected", [(0, 0.0), (1, 1.0), (2, 0.0), (3, 0.0)])
+def test_pow_scalar_gradient_at_zero(p, expected):
+    x = T([0.0])
+    (x ** p).sum().backward()
+    assert x.grad[0] == expected
+
+
 def test_pow_scalar_records_powscalar():
     x = T([1.0, 2.0])
     assert type((x ** 2)._ctx).__name__ == "PowScalar"

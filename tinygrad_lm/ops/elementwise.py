@@ -79,6 +79,8 @@ class PowScalar(Function):
         p, x = self.p, self.x
         if p == 2:
             return g * 2 * x
+        if p == 0:  # x^0 is constant; p x^(p-1) would be 0 * inf = NaN at x = 0
+            return g * 0
         return g * p * x ** (p - 1)
 
 
