@@ -4,16 +4,18 @@ Works on host NumPy arrays of shape (B, V) in float64, so the choice is the same
 device or dtype the model ran in."""
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 
 
 def check_sampling_args(temperature: float, top_k, top_p) -> None:
     """Raise ValueError naming the bad value."""
-    if not (isinstance(temperature, (int, float)) and temperature >= 0 and np.isfinite(temperature)):
+    if not (isinstance(temperature, Real) and temperature >= 0 and np.isfinite(temperature)):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+    if top_p is not None and not (isinstance(top_p, Real) and 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
@@ -51,13 +53,16 @@ def sample(logits: np.ndarray, temperature: float = 1.0, top_k=None, top_p=None,
         raise FloatingPointError("sample: logits contain NaN")
     if temperature == 0:
         return logits.argmax(axis=-1)
-    logits = filter_logits(logits / temperature, top_k, top_p)
+    # shift before dividing: a tiny temperature then sends the others to -inf, never max to inf (NaN)
+    with np.errstate(over="ignore"):
+        logits = filter_logits((logits - logits.max(axis=-1, keepdims=True)) / temperature, top_k, top_p)
     probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
     rng = rng if rng is not None else np.random.default_rng()
     # inverse-CDF sampling per row: one uniform number per row keeps the stream reproducible
     u = rng.random((probs.shape[0], 1))
-    idx = (np.cumsum(probs, axis=-1) < u).sum(axis=-1)
+    # token i owns [cdf[i-1], cdf[i]): counting cdf <= u never lands on a zero-probability token, even at u == 0
+    idx = (np.cumsum(probs, axis=-1) <= u).sum(axis=-1)
     # rounding can push u past the total mass: fall back to the last allowed token
     last_allowed = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)
     return np.minimum(idx, last_allowed)
