@@ -138,16 +138,17 @@ class Module:
             if unexpected:
                 parts.append(f"unexpected keys: {', '.join(unexpected)}")
             raise KeyError(f"load_state_dict for {type(self).__name__}: " + "; ".join(parts))
+        new = {}
         for k, p in own.items():
             if k in state_dict:
-                arr = np.asarray(state_dict[k].data if isinstance(state_dict[k], Tensor) else state_dict[k])
+                v = state_dict[k].data if isinstance(state_dict[k], Tensor) else state_dict[k]
+                arr = np.asarray(v) if backend.xp_of(v) is np else backend.to_numpy(v)  # CuPy: copy to host
                 if arr.shape != p.shape:
                     raise ValueError(f"load_state_dict: '{k}' has shape {arr.shape} in the state dict but "
                                      f"{p.shape} in the model")
-        for k, p in own.items():  # checked everything first: never leave the model half-loaded
-            if k in state_dict:
-                arr = np.asarray(backend.to_numpy(state_dict[k].data if isinstance(state_dict[k], Tensor) else state_dict[k]))
-                p.data = backend.to_device(arr.astype(p.dtype), p.device)
+                new[k] = arr.astype(p.dtype)
+        for k, arr in new.items():  # checked and converted everything first: never leave the model half-loaded
+            own[k].data = backend.to_device(arr, own[k].device)
         return missing, unexpected
 
     # ---- printing ---------------------------------------------------------------------------
@@ -156,10 +157,10 @@ class Module:
 
     def __repr__(self):
         children = list(self.named_children())
-        head = f"{type(self).__name__}({self.extra_repr()}"
+        extra = self.extra_repr()
         if not children:
-            return head + ")"
-        lines = [head]
+            return f"{type(self).__name__}({extra})"
+        lines = [f"{type(self).__name__}("] + ([f"  {extra}"] if extra else [])  # PyTorch's layout
         for name, child in children:
             body = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {body}")
@@ -210,7 +211,13 @@ class ModuleDict(Module):
 
 
 class Sequential(ModuleList):
-    """Apply modules one after another."""
+    """Apply modules one after another: Sequential(Linear(4, 8), Linear(8, 2)), as in PyTorch."""
+
+    def __init__(self, *modules: Module):
+        super().__init__(modules)
+
+    def __getitem__(self, i):
+        return Sequential(*super().__getitem__(i)) if isinstance(i, slice) else super().__getitem__(i)
 
     def forward(self, x):
         for m in self:
