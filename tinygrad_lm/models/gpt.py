@@ -184,6 +184,7 @@ class GPT(Module):
         win = max(0, seq.shape[1] - block)                 # the window is seq[:, win:]
         cache = None
         done = np.zeros(seq.shape[0], dtype=bool)
+        stopped_with = np.zeros(seq.shape[0], dtype=np.int64)   # the stop token each finished row emitted
         for _ in range(max_new_tokens):
             full = seq.shape[1] - win > block
             if full:
@@ -199,8 +200,10 @@ class GPT(Module):
                 logits, _ = self(seq[:, win:])
             nxt = sample(backend.to_numpy(logits.data[:, -1, :]), temperature, top_k, top_p, rng)
             if stops.size:
-                nxt = np.where(done, stops[0], nxt)                 # finished rows repeat the stop token
-                done |= np.isin(nxt, stops)
+                nxt = np.where(done, stopped_with, nxt)             # finished rows repeat their stop token
+                newly = ~done & np.isin(nxt, stops)
+                stopped_with[newly] = nxt[newly]
+                done |= newly
             seq = np.concatenate([seq, nxt[:, None]], axis=1)
             yield nxt
             if stops.size and done.all():
