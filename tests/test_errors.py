@@ -238,6 +238,21 @@ def test_gradcheck_catches_wrong_backward():
     assert re.search(r"input 1 \(shape \(2, 3\)\).*index", str(info.value))
 
 
+class WrongShape(Function):
+    """2 * sum(x) whose backward returns a (1,) gradient that would broadcast to the right values."""
+
+    def forward(self, x):
+        return 2 * x.sum()
+
+    def backward(self, g):
+        return (g * 2).reshape(1)
+
+
+def test_gradcheck_catches_wrong_gradient_shape():
+    with pytest.raises(GradcheckError, match=r"input 0 \(shape \(3,\)\).*shape \(1,\)"):
+        gradcheck(WrongShape.apply, [T([1.0, 2.0, 3.0])])
+
+
 def test_gradcheck_names_the_bad_index():
     a = np.random.default_rng(0).standard_normal((3, 4))
     with pytest.raises(GradcheckError, match=r"input 0 .*index \(.*1.*,.*0.*\)"):

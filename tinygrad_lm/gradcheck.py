@@ -60,6 +60,9 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
     for i in checked:
         x = xs[i]
         analytic = backend.to_numpy(x.grad) if x.grad is not None else np.zeros(x.shape)
+        if analytic.shape != x.shape:  # a broadcastable wrong shape could otherwise compare equal
+            raise GradcheckError(f"gradcheck: input {i} (shape {x.shape}): backward gave a gradient of "
+                                 f"shape {analytic.shape}")
         flat = x.data.reshape(-1)  # a view: perturbing it perturbs the input in place
         if directional:
             d = xp.asarray(rng.standard_normal(x.shape)).reshape(-1)
