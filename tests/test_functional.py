@@ -13,7 +13,7 @@ from strategies import T, arrays, assert_close, broadcastable_shapes, check, dis
 from tinygrad_lm import Tensor, gradcheck
 
 GRADCHECKED = {"Softmax", "LogSoftmax", "CrossEntropy", "LayerNorm", "RMSNorm", "Gelu", "Silu", "Embedding",
-               "Linear",
+               "Linear", "Attention",  # Attention: the fused op sdpa uses without a mask (test_sdpa) "Attention",  # Attention: test_sdpa modes "none" and "causal"
                "F.softmax", "F.log_softmax", "F.cross_entropy", "F.layer_norm", "F.rms_norm", "F.gelu", "F.silu",
                "F.relu", "F.dropout", "F.embedding", "F.linear", "F.scaled_dot_product_attention"}
 

@@ -129,8 +129,9 @@ def test_checker_flags_a_library_function_without_test(monkeypatch):
 
 
 def test_checker_flags_a_functional_name_without_test(monkeypatch):
+    before = uncovered(library_functions(), F.__all__, declared_coverage())
     monkeypatch.setattr(F, "__all__", F.__all__ + ["brand_new"])
-    assert uncovered(library_functions(), F.__all__, declared_coverage()) == ["F.brand_new"]
+    assert uncovered(library_functions(), F.__all__, declared_coverage()) == sorted(before + ["F.brand_new"])
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
