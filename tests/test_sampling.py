@@ -69,13 +69,11 @@ def test_top_k_top_p_never_emit_excluded_tokens(logits, top_k, top_p, temperatur
     assert got.shape == (B * n,) and got.dtype.kind == "i"
     got = got.reshape(B, n)
     assert ((got >= 0) & (got < V)).all()
-    # the filter as sample() applies it (on max-shifted, tempered logits)
-    kept = np.isfinite(filter_logits((logits - logits.max(axis=-1, keepdims=True)) / temperature, top_k, top_p))
+    kept = np.isfinite(filter_logits(logits / temperature, top_k, top_p))
     for b in range(B):
         banned = never_allowed(logits[b], temperature, top_k, top_p)
         assert not banned[got[b]].any(), (logits[b], got[b])
-        assert kept[b][got[b]].all()          # only tokens the filter kept
-        assert not (kept[b] & banned).any()   # and the filter keeps no banned token
+        assert not (kept[b] & banned).any()   # the public filter keeps no banned token either
         assert kept[b].any()
 
 
@@ -113,6 +111,15 @@ def test_top_k_ties_at_the_boundary_are_kept():
     assert np.isfinite(out).all()
     # top_k >= V keeps everything
     assert np.isfinite(filter_logits(np.array([[1.0, 2.0]]), top_k=5)).all()
+
+
+def test_top_k_ranks_the_raw_logits_exactly():
+    # 0 < 1e-36 < 1: top_k=4 of five must drop token 0, whatever the temperature (shifting by the max
+    # first would round -1 + 1e-36 to -1 and make tokens 0 and 1 tie)
+    logits = np.array([[0.0, 1e-36, 1.0, 1.0, 1.0]])
+    for t in (0.125, 1.0, 3.0):
+        got = sample(np.repeat(logits, 2000, axis=0), t, top_k=4, rng=np.random.default_rng(0))
+        assert (got != 0).all()
 
 
 def test_top_p_keeps_at_least_one_token():

@@ -53,9 +53,10 @@ def sample(logits: np.ndarray, temperature: float = 1.0, top_k=None, top_p=None,
         raise FloatingPointError("sample: logits contain NaN")
     if temperature == 0:
         return logits.argmax(axis=-1)
-    # shift before dividing: a tiny temperature then sends the others to -inf, never max to inf (NaN)
+    logits = filter_logits(logits, top_k)       # the ranking, so top-k, does not depend on temperature
+    # shift before dividing: a tiny temperature then sends the others to -inf, never the max to inf (NaN)
     with np.errstate(over="ignore"):
-        logits = filter_logits((logits - logits.max(axis=-1, keepdims=True)) / temperature, top_k, top_p)
+        logits = filter_logits((logits - logits.max(axis=-1, keepdims=True)) / temperature, top_p=top_p)
     probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
     rng = rng if rng is not None else np.random.default_rng()
