@@ -63,12 +63,19 @@ def load_checkpoint(path) -> dict:
     path = checkpoint_path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
+    # damaged zip headers can also raise NotImplementedError (unknown version) or RuntimeError ("encrypted")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a plain .npy array, not an archive
+            raise ValueError("not an .npz archive")
+        with z:
             files = {k: z[k] for k in z.files}
         meta = json.loads(files.pop("meta").tobytes().decode())
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError, EOFError) as e:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError, EOFError,
+            NotImplementedError, RuntimeError) as e:
         raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {e}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"corrupt checkpoint {path}: its meta is a JSON {type(meta).__name__}, not an object")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {meta.get('format_version')!r}; "
                               f"this tinygrad_lm reads version {FORMAT_VERSION}")
@@ -79,15 +86,18 @@ def load_checkpoint(path) -> dict:
     optim = None
     if "optimizer" in meta:
         state: dict = {}
-        for k, v in files.items():
-            if k.startswith("optim/"):
-                _, i, name = k.split("/", 2)
-                state.setdefault(int(i), {})[name] = v
-        for i, entry in meta["optimizer"]["scalars"].items():
-            state.setdefault(int(i), {}).update(entry)
-        groups = meta["optimizer"]["param_groups"]
-        for g in groups:  # JSON turned tuples into lists
-            if "betas" in g:
-                g["betas"] = tuple(g["betas"])
+        try:
+            for k, v in files.items():
+                if k.startswith("optim/"):
+                    _, i, name = k.split("/", 2)
+                    state.setdefault(int(i), {})[name] = v
+            for i, entry in meta["optimizer"]["scalars"].items():
+                state.setdefault(int(i), {}).update(entry)
+            groups = meta["optimizer"]["param_groups"]
+            for g in groups:  # JSON turned tuples into lists
+                if "betas" in g:
+                    g["betas"] = tuple(g["betas"])
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"corrupt checkpoint {path}: bad optimizer state ({e!r})") from None
         optim = {"state": state, "param_groups": groups}
     return {"model": model, "optimizer": optim, "meta": meta, "path": path}
