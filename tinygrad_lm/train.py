@@ -56,19 +56,21 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         for name in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
         for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.min_lr > self.learning_rate:
             raise ValueError(f"min_lr ({self.min_lr}) must be <= learning_rate ({self.learning_rate})")
         for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1):
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.tokenizer not in ("char", "byte"):
             raise ValueError(f"tokenizer must be 'char' or 'byte', got {self.tokenizer!r}")
@@ -90,6 +92,10 @@ class Trainer:
         if resume:
             self.ckpt = load_checkpoint(self.out)
             meta = self.ckpt["meta"]
+            lacking = [k for k in ("train_config", "batch_rng", "global_rng") if k not in meta]
+            if lacking:
+                raise CheckpointError(f"checkpoint {self.ckpt['path']} cannot resume training: it lacks "
+                                      f"{', '.join(lacking)} (not saved by a Trainer?)")
             # the run's own settings win: a resumed run must be the same run
             saved = meta["train_config"]
             for k in ("data", "tokenizer", "seed", "batch_size", "gradient_accumulation_steps"):
