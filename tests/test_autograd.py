@@ -162,9 +162,6 @@ def test_grad_mode_is_per_thread():
     assert seen == [True]
 
 
-@pytest.mark.xfail(strict=True, reason="tensor.py bug: no_grad/enable_grad keep the previous mode in one "
-                                       "attribute of the decorator instance, so a re-entered (recursive) "
-                                       "decorated function restores the wrong mode and grad stays disabled")
 def test_no_grad_decorator_reentrant():
     @no_grad()
     def f(n):
@@ -418,9 +415,6 @@ def test_float64_stays_float64(name):
     pytest.param(lambda i: i + 0.5, id="int+float"),
     pytest.param(lambda i: i ** 0.5, id="int**float"),
 ])
-@pytest.mark.xfail(strict=True, reason=(
-    "tensor.py bug: _operands returns early for Python scalars, so an int tensor meets a float32 0-d array "
-    "and NumPy promotes int64 with float32 to float64 (int**float reaches PowScalar on the int array)"))
 def test_int_tensor_with_python_float_gives_float32(expr):
     assert expr(tg.tensor([1, 2, 3])).dtype == np.float32
 
@@ -459,10 +453,6 @@ def test_construction_dtypes():
     assert tg.zeros(2, dtype=np.float64).dtype == np.float64
 
 
-@pytest.mark.xfail(strict=True, reason="tensor.py bug: an op on 0-d arrays returns a NumPy scalar "
-                                       "(np.float64), which Function.apply stores as .data unwrapped; "
-                                       "_operands then sees two array types and reports 'different devices: "
-                                       "cpu and cpu', and a 0-d leaf's .grad is a scalar, not an array")
 def test_zero_dim_op_results_combine_with_zero_dim_tensors():
     x = Tensor(np.asarray(2.0), requires_grad=True)
     y = x.exp()

@@ -10,6 +10,7 @@ import ctypes
 import math
 import os
 import sys
+from collections import namedtuple
 
 import numpy as np
 
@@ -195,3 +196,87 @@ def erf(x):
         return _erf_cpu(x)
     from cupyx.scipy.special import erf as cupy_erf
     return cupy_erf(x)
+
+
+# ---- kernel selection: reference <-> fast ---------------------------------------------------
+# Hot ops (softmax, cross_entropy, layer_norm, rms_norm, gelu, attention, embedding, adamw) ask
+# `implementation(op, array)` for a (forward, backward) pair. The reference pairs live next to
+# their Functions in tinygrad_lm/ops; fast pairs are registered per device by kernels/ and are
+# imported on first use (Numba's import and compile cost is paid only when a kernel runs).
+
+Impl = namedtuple("Impl", "forward backward")
+KERNEL_MODES = ("reference", "fast")
+KERNELS_ENV = "TINYGRAD_LM_KERNELS"
+_REFERENCE: dict = {}                        # op -> Impl(forward, backward)
+_FAST_LOADERS = {                            # device -> "module" whose FAST dict maps op -> Impl
+    "cpu": "tinygrad_lm.kernels.cpu.ops",
+    "cuda": "tinygrad_lm.kernels.cuda.ops",
+}
+_fast_tables: dict = {}                      # device -> loaded FAST dict (or {} when unavailable)
+_FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _mode_from_env() -> str:
+    mode = os.environ.get(KERNELS_ENV, "fast").strip().lower() or "fast"
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"{KERNELS_ENV}={mode!r}: expected one of {KERNEL_MODES}")
+    return mode
+
+
+_kernel_mode = _mode_from_env()
+
+
+def register_reference(op: str, forward, backward) -> None:
+    """Declare the readable reference implementation of a hot op."""
+    _REFERENCE[op] = Impl(forward, backward)
+
+
+def kernel_mode() -> str:
+    """'reference' or 'fast': which implementations hot ops use in this process."""
+    return _kernel_mode
+
+
+class use_kernels:
+    """Select "reference" or "fast" kernels for the whole process; also a context manager.
+
+        tinygrad_lm.use_kernels("reference")          # from now on
+        with tinygrad_lm.use_kernels("fast"): ...     # inside the block only"""
+
+    def __init__(self, mode: str):
+        global _kernel_mode
+        if mode not in KERNEL_MODES:
+            raise ValueError(f"use_kernels: mode must be one of {KERNEL_MODES}, got {mode!r}")
+        self._previous, _kernel_mode = _kernel_mode, mode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        global _kernel_mode
+        _kernel_mode = self._previous
+        return False
+
+
+def fast_table(device: str) -> dict:
+    """The fast kernels registered for a device (loading them on first use); {} if none load."""
+    if device not in _fast_tables:
+        import importlib
+        try:
+            _fast_tables[device] = importlib.import_module(_FAST_LOADERS[device]).FAST
+        except (ImportError, AttributeError, RuntimeError):
+            _fast_tables[device] = {}
+    return _fast_tables[device]
+
+
+def implementation(op: str, arr):
+    """The (forward, backward) pair to use for `op` on arrays like `arr`: fast when the switch says
+    so and a kernel exists for its device and dtype, else the reference."""
+    if _kernel_mode == "fast" and arr.dtype in _FAST_DTYPES:
+        impl = fast_table(device_of(arr)).get(op)
+        if impl is not None:
+            return impl
+    return _REFERENCE[op]
+
+
+def reference(op: str):
+    return _REFERENCE[op]

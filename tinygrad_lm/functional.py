@@ -8,6 +8,7 @@ import numpy as np
 
 from . import backend
 from .ops import nn as _nn
+from .ops.nn import causal_mask
 from .tensor import Tensor, get_rng, where
 
 __all__ = ["softmax", "log_softmax", "cross_entropy", "layer_norm", "rms_norm", "gelu", "silu", "relu",
@@ -124,29 +125,25 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return _nn.Linear.apply(x, weight, *([bias] if bias is not None else []))
 
 
-def causal_mask(tq: int, tk: int, xp=np):
-    """(tq, tk) boolean mask, True where query i may attend key j. Aligned bottom-right, so the last
-    query sees every key (what a KV-cache decode step needs); for tq == tk this is the usual lower triangle."""
-    return xp.tril(xp.ones((tq, tk), dtype=bool), k=tk - tq)
-
-
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, mask=None,
                                  scale: float | None = None) -> Tensor:
     """softmax(q @ k^T * scale + mask) @ v. q (..., Tq, D), k (..., Tk, D), v (..., Tk, Dv).
 
     ``mask`` is boolean (True = may attend, like PyTorch) or additive float, broadcastable to
-    (..., Tq, Tk). ``causal`` uses :func:`causal_mask`. This is the readable reference version."""
+    (..., Tq, Tk). ``causal`` uses :func:`causal_mask` (aligned bottom-right). Without a mask this is
+    one fused op (ops.nn.Attention) that the kernel switch can hand to a fast kernel."""
     if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
         raise ValueError(f"scaled_dot_product_attention: q, k, v need at least 2 dims, got {q.shape}, {k.shape}, {v.shape}")
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"scaled_dot_product_attention: shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape} "
                          f"(need q[-1] == k[-1] and k[-2] == v[-2])")
-    tq, tk = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if mask is None and q.shape[:-2] == k.shape[:-2] == v.shape[:-2]:
+        return _nn.Attention.apply(q, k, v, scale=scale, causal=causal)   # fused, never keeps (Tq, Tk)
     att = (q @ k.swapaxes(-1, -2)) * scale                                  # (..., Tq, Tk)
     xp = backend.xp_of(q.data)
     if causal:
-        att = att.masked_fill(~causal_mask(tq, tk, xp), -np.inf)
+        att = att.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], xp), -np.inf)
     if mask is not None:
         m = mask.data if isinstance(mask, Tensor) else xp.asarray(mask)
         att = att.masked_fill(~m, -np.inf) if m.dtype == bool else att + Tensor._wrap(m.astype(att.dtype), False)

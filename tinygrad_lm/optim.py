@@ -26,7 +26,7 @@ from numbers import Real
 
 import numpy as np
 
-from .backend import to_numpy, xp_of
+from .backend import implementation, register_reference, to_numpy, xp_of
 from .tensor import enable_grad
 
 __all__ = ["Optimizer", "SGD", "AdamW", "adamw_update", "clip_grad_norm", "clip_grad_norm_",
@@ -301,6 +301,9 @@ def adamw_update(p, g, m, v, step: int, lr: float, beta1: float, beta2: float, e
     p -= update
 
 
+register_reference("adamw", adamw_update, None)
+
+
 class AdamW(Optimizer):
     """Adam with decoupled weight decay, exactly torch.optim.AdamW (no amsgrad)::
 
@@ -335,8 +338,10 @@ class AdamW(Optimizer):
             state.update(step=0, exp_avg=xp.zeros_like(p.data), exp_avg_sq=xp.zeros_like(p.data))
         state["step"] += 1
         beta1, beta2 = group["betas"]
-        adamw_update(p.data, g, state["exp_avg"], state["exp_avg_sq"], state["step"], group["lr"],
-                     beta1, beta2, group["eps"], group["weight_decay"])
+        contiguous = all(a.flags.c_contiguous for a in (p.data, g, state["exp_avg"], state["exp_avg_sq"]))
+        update = implementation("adamw", p.data).forward if contiguous else adamw_update  # fused kernel or this file's
+        update(p.data, g, state["exp_avg"], state["exp_avg_sq"], state["step"], group["lr"],
+               beta1, beta2, group["eps"], group["weight_decay"])
 
 
 # ---- gradient clipping ----------------------------------------------------------------------

@@ -31,28 +31,31 @@ def is_grad_enabled() -> bool:
     return _state.grad_enabled
 
 
-class no_grad(contextlib.ContextDecorator):
+class _SetGradMode(contextlib.ContextDecorator):
+    """Set grad mode inside a with-block or a decorated function; re-entrant (a decorated
+    function may call itself), so previous modes are kept on a stack."""
+    mode = True
+
+    def __init__(self):
+        self._prev = []
+
+    def __enter__(self):
+        self._prev.append(_state.grad_enabled)
+        _state.grad_enabled = self.mode
+
+    def __exit__(self, *exc):
+        _state.grad_enabled = self._prev.pop()
+        return False
+
+
+class no_grad(_SetGradMode):
     """Context manager and decorator: ops inside record no graph (like torch.no_grad)."""
-
-    def __enter__(self):
-        self._prev = is_grad_enabled()
-        _state.grad_enabled = False
-
-    def __exit__(self, *exc):
-        _state.grad_enabled = self._prev
-        return False
+    mode = False
 
 
-class enable_grad(contextlib.ContextDecorator):
+class enable_grad(_SetGradMode):
     """Turn graph recording back on inside a no_grad region."""
-
-    def __enter__(self):
-        self._prev = is_grad_enabled()
-        _state.grad_enabled = True
-
-    def __exit__(self, *exc):
-        _state.grad_enabled = self._prev
-        return False
+    mode = True
 
 
 class Function:
@@ -70,6 +73,8 @@ class Function:
         ctx = cls()
         ctx.needs_input_grad = needs = tuple([t.requires_grad for t in tensors])
         out = ctx.forward(*[t.data for t in tensors], **kwargs)
+        if out.__class__ is not _ndarray and isinstance(out, np.generic):
+            out = np.asarray(out)  # NumPy turns 0-d results into scalars; .data stays an array
         if True in needs and _state.grad_enabled:
             ctx.parents = tensors
             return Tensor._wrap(out, True, ctx)
@@ -85,6 +90,7 @@ class Function:
         return f"<{type(self).__name__}>"
 
 
+_ndarray = np.ndarray
 _FREED = object()  # marks a graph node whose saved arrays were released by backward()
 
 
@@ -258,9 +264,9 @@ class Tensor:
             ctx = t._ctx
             if ctx is None:  # a leaf: accumulate into .grad
                 if t.grad is None:
-                    # a leaf owns its .grad: copy views and arrays another leaf already holds
-                    if g.base is not None or id(g) in stored:
-                        g = g.copy()
+                    # a leaf owns its .grad: copy views, scalars and arrays another leaf already holds
+                    if isinstance(g, np.generic) or g.base is not None or id(g) in stored:
+                        g = np.array(g) if isinstance(g, np.generic) else g.copy()
                     stored.add(id(g))
                     t.grad = g
                 else:
@@ -322,7 +328,10 @@ class Tensor:
 
     def __pow__(self, other):
         if isinstance(other, (int, float)) and not isinstance(other, bool):
-            return ops.elementwise.PowScalar.apply(self, exponent=other)
+            base = self
+            if isinstance(other, float) and not is_float(self.dtype):  # int ** 0.5 is float32, not float64
+                base = Tensor._wrap(self.data.astype(DEFAULT_FLOAT), False)
+            return ops.elementwise.PowScalar.apply(base, exponent=other)
         return self._binary(other, ops.elementwise.Pow)
 
     def __rpow__(self, other):
@@ -488,7 +497,8 @@ class Tensor:
     def transpose(self, *axes):
         """Permute axes (reverse them when none are given), like ndarray.transpose."""
         axes = _shape_arg(axes) if axes else tuple(range(self.ndim))[::-1]
-        if sorted(a % max(self.ndim, 1) for a in axes) != list(range(self.ndim)) or len(axes) != self.ndim:
+        if any(not -self.ndim <= a < self.ndim for a in axes) or len(axes) != self.ndim \
+                or sorted(a % self.ndim for a in axes) != list(range(self.ndim)):
             raise ValueError(f"transpose: axes {axes} are not a permutation of the {self.ndim} axes of shape {self.shape}")
         axes = tuple(a % self.ndim for a in axes)
         return ops.movement.Transpose.apply(self, axes=axes)
@@ -502,6 +512,9 @@ class Tensor:
 
     def swapaxes(self, axis1, axis2):
         """Exchange two axes."""
+        for a in (axis1, axis2):
+            if not -self.ndim <= a < self.ndim:
+                raise ValueError(f"swapaxes: axis {a} is out of range for a tensor of shape {self.shape}")
         axes = list(range(self.ndim))
         axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
         return self.transpose(*axes)
@@ -589,8 +602,10 @@ def _operands(a: Tensor, b) -> tuple[Tensor, Tensor]:
     if not isinstance(b, Tensor):
         if isinstance(b, (int, float, bool)) or (isinstance(b, np.generic) and b.ndim == 0):
             xp = backend.xp_of(a.data)
-            dt = a.data.dtype if (is_float(a.data.dtype) or isinstance(b, (int, bool))) else DEFAULT_FLOAT
-            return a, Tensor._wrap(xp.asarray(b, dtype=dt), False)
+            if is_float(a.data.dtype) or isinstance(b, (int, bool, np.integer, np.bool_)):
+                return a, Tensor._wrap(xp.asarray(b, dtype=a.data.dtype), False)
+            # an integer tensor meets a float: both become float32 (as in PyTorch), never float64
+            return Tensor._wrap(a.data.astype(DEFAULT_FLOAT), False), Tensor._wrap(xp.asarray(b, dtype=DEFAULT_FLOAT), False)
         b = Tensor(b, device=a.device)
     if a.data.dtype != b.data.dtype:
         fa, fb = is_float(a.data.dtype), is_float(b.data.dtype)
