@@ -1,6 +1,8 @@
 """Checkpoints: exact round trip, atomic writes, and CheckpointError (naming the path) for
 every kind of bad file."""
+import gc
 import json
+import warnings
 import zipfile
 
 import numpy as np
@@ -160,6 +162,18 @@ def test_truncated_checkpoint(saved):
     for n in (0, 1, 30, len(raw) // 3, len(raw) // 2, len(raw) - 100, len(raw) - 1):
         bad.write_bytes(raw[:n])
         _expect_corrupt(bad)
+
+
+def test_failed_load_closes_the_file(saved):
+    path, _, _ = saved
+    bad = path.with_name("bad.npz")
+    bad.write_bytes(path.read_bytes()[:200])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError):
+            load_checkpoint(bad)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
 
 
 def test_damaged_checkpoint_bytes(saved):

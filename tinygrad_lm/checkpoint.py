@@ -65,10 +65,10 @@ def load_checkpoint(path) -> dict:
         raise CheckpointError(f"no checkpoint at {path}")
     # damaged zip headers can also raise NotImplementedError (unknown version) or RuntimeError ("encrypted")
     try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):  # a plain .npy array, not an archive
-            raise ValueError("not an .npz archive")
-        with z:
+        with open(path, "rb") as f:  # ours to close: np.load leaks its own file when the zip is bad
+            z = np.load(f, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):  # a plain .npy array, not an archive
+                raise ValueError("not an .npz archive")
             files = {k: z[k] for k in z.files}
         meta = json.loads(files.pop("meta").tobytes().decode())
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError, EOFError,
