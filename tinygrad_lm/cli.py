@@ -16,6 +16,7 @@ from . import backend
 from .checkpoint import CheckpointError, load_checkpoint
 from .models import GPT, GPTConfig
 from .presets import DEFAULT_PRESET, PRESETS, get_preset
+from .sampling import check_sampling_args
 from .train import TrainConfig, Trainer, TrainingError
 
 PROG = "tinygrad-lm"
@@ -110,13 +111,17 @@ def cmd_train(args) -> int:
     preset = get_preset(args.preset)
     mcfg = dict(preset["model"])
     tvals = dict(preset["train"])
+    if args.resume:  # a resumed run keeps its own settings (not the preset's); flags given now still win
+        saved = load_checkpoint(args.out_dir)["meta"].get("train_config")
+        names = set(TrainConfig.field_names()) - _EXPLICIT
+        tvals.update({k: v for k, v in (saved if isinstance(saved, dict) else {}).items() if k in names})
     for f in fields(GPTConfig):
         if getattr(args, f.name, None) is not None and f.name not in _EXPLICIT:
             mcfg[f.name] = getattr(args, f.name)
     for f in fields(TrainConfig):
         if f.name not in _EXPLICIT and getattr(args, f.name, None) is not None:
             tvals[f.name] = getattr(args, f.name)
-    if "max_iters" in tvals and getattr(args, "lr_decay_iters", None) is None and args.max_iters is not None:
+    if not args.resume and getattr(args, "lr_decay_iters", None) is None and args.max_iters is not None:
         tvals["lr_decay_iters"] = tvals["max_iters"]  # a shorter run decays over its own length
     tcfg = TrainConfig(out_dir=args.out_dir, data=args.data, tokenizer=args.tokenizer, device=args.device,
                        seed=args.seed, progress=not args.quiet, **tvals)
@@ -132,6 +137,7 @@ def cmd_train(args) -> int:
     if tcfg.sample_tokens:
         tok = trainer.tokenizer
         print("sample:")
+        m.eval()  # no dropout while sampling
         _stream(m, tok, _prompt_ids(tok, ""), tcfg.sample_tokens, 0.8, 200, None, tcfg.seed)
     print(f"checkpoint: {trainer.out / 'ckpt.npz'}")
     return 0
@@ -183,6 +189,9 @@ def cmd_generate(args) -> int:
     model, tok, _ = _load_model(args.ckpt, args.device)
     ids = _prompt_ids(tok, args.prompt)
     top_k = min(args.top_k, model.config.vocab_size) if args.top_k is not None else None
+    check_sampling_args(args.temperature, args.top_k, args.top_p)  # before any output is written
+    if args.max_new_tokens < 0:
+        raise UsageError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.prompt:
         sys.stdout.write(args.prompt)
     _stream(model, tok, ids, args.max_new_tokens, args.temperature, top_k, args.top_p, args.seed)
@@ -192,6 +201,8 @@ def cmd_generate(args) -> int:
 def cmd_eval(args) -> int:
     from .data import load_dataset
     from .tensor import no_grad
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
     model, tok, _ = _load_model(args.ckpt, args.device)
     data, _ = load_dataset(args.data, tokenizer=tok)
     tokens = {"val": data.val, "train": data.train}.get(args.split)
