@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 
 import numpy as np
 
 import tinygrad_lm as tg
+from tinygrad_lm import backend
 from tinygrad_lm import functional as F
 
-from .common import RESULTS_DIR, Case, format_table, interleaved, paired_diff, paired_ratio, us, write_json
+from .common import (RESULTS_DIR, Case, blas_threads, format_table, interleaved, paired_diff, paired_ratio,
+                     set_blas_threads, us, write_json)
 
 OVERHEAD_TARGET_US = 5.0
 MLP_TARGET_RATIO = 1.3
@@ -81,6 +84,42 @@ def forward_overhead(cfg) -> list[dict]:
                              recorded=rec, no_graph=free, numpy=ref,
                              overhead_us=us(paired_diff(rec, ref)),
                              no_graph_overhead_us=us(paired_diff(free, ref))))
+    return rows
+
+
+TAPE_LENGTH = 32
+TAPE_SIZES = ("medium", "tall")
+
+
+def tape_overhead(cfg) -> list[dict]:
+    """Per op of a chain ``h = h * c`` whose outputs all stay alive (on the tape / in a list)
+    until the chain is dropped: the allocation pattern of a training step's forward."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for size in TAPE_SIZES:
+        shape = SIZES[size][0]
+        x, c = _rand(rng, shape), _rand(rng, shape)
+        X, C = tg.Tensor(x, requires_grad=True), tg.Tensor(c)
+
+        def tinygrad_chain():
+            h = X
+            for _ in range(TAPE_LENGTH):
+                h = h * C  # every output is kept by the next node's ctx
+            return h
+
+        def numpy_chain():
+            h, keep = x, []
+            for _ in range(TAPE_LENGTH):
+                h = h * c
+                keep.append(h)
+            return keep
+
+        stats = interleaved({"recorded": tinygrad_chain, "numpy": numpy_chain}, **cfg)
+        rec, ref = stats["recorded"], stats["numpy"]
+        rows.append(dict(size=size, shape=list(shape), length=TAPE_LENGTH, recorded=rec, numpy=ref,
+                         recorded_per_op_us=us(rec.median) / TAPE_LENGTH,
+                         numpy_per_op_us=us(ref.median) / TAPE_LENGTH,
+                         overhead_per_op_us=us(paired_diff(rec, ref)) / TAPE_LENGTH))
     return rows
 
 
@@ -190,13 +229,18 @@ def _mlp_cases(batch, n_in, hidden, n_cls, seed=2):
         loss.backward()
         return loss.data, [Q[0].grad.T, Q[1].grad, Q[2].grad.T, Q[3].grad]
 
+    def tinygrad_linear_reference():  # the same with the reference (NumPy) versions of hot ops
+        with backend.use_kernels("reference"):
+            return tinygrad_linear()
+
     ref_loss, ref_grads = numpy_step()
-    for fn in (tinygrad_linear, tinygrad_matmul):
+    for fn in (tinygrad_linear, tinygrad_matmul, tinygrad_linear_reference):
         loss, grads = fn()
         assert np.allclose(loss, ref_loss, rtol=1e-5), fn.__name__
         for g, r in zip(grads, ref_grads):
             assert g.dtype == np.float32 and np.allclose(g, r, rtol=1e-4, atol=1e-6), fn.__name__
-    return {"tinygrad (F.linear)": tinygrad_linear, "tinygrad (@ and +)": tinygrad_matmul, "numpy": numpy_step}
+    return {"tinygrad (F.linear)": tinygrad_linear, "tinygrad (@ and +)": tinygrad_matmul,
+            "tinygrad (F.linear, reference kernels)": tinygrad_linear_reference, "numpy": numpy_step}
 
 
 def mlp_step(cfg) -> list[dict]:
@@ -217,7 +261,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run, noisier numbers)")
     ap.add_argument("--json", default=str(RESULTS_DIR / "engine.json"), help="where to write the results")
+    ap.add_argument("--only", choices=["forward", "tape", "backward", "mlp"], action="append",
+                    help="run only these parts (repeatable); the default runs all of them")
+    ap.add_argument("--blas-threads", type=int, default=None,
+                    help="set OpenBLAS's thread count first (1 is steadier on a loaded machine)")
     args = ap.parse_args(argv)
+    parts = set(args.only or ["forward", "tape", "backward", "mlp"])
+    if args.blas_threads is not None and not set_blas_threads(args.blas_threads):
+        ap.error("--blas-threads: could not find OpenBLAS's set_num_threads in this NumPy")
 
     if args.quick:
         op_cfg = dict(repeats=7, warmup=1, min_sample_ns=5e5)
@@ -226,53 +277,70 @@ def main(argv=None):
         op_cfg = dict(repeats=41, warmup=3, min_sample_ns=2e6)
         mlp_cfg = dict(repeats=41, warmup=3, min_sample_ns=1e7)
     load_before = os.getloadavg()
+    payload = {"benchmark": "engine", "quick": args.quick, "op_settings": op_cfg, "mlp_settings": mlp_cfg,
+               "load_before": list(load_before), "blas_threads": blas_threads(),
+               "allocator_tuning": backend.ALLOCATOR_TUNING}
+    verdicts = []
 
-    fwd = forward_overhead(op_cfg)
-    print("Forward overhead per op: recorded op (inputs require grad) vs the same NumPy call; "
-          f"median of {op_cfg['repeats']} interleaved repeats, us per call")
-    print(format_table(
-        ["size", "op", "numpy call", "numpy", "no graph", "recorded", "overhead"],
-        [[f"{r['size']} {tuple(r['shape'])}", r["op"], r["numpy_expr"], us(r["numpy"].median),
-          us(r["no_graph"].median), us(r["recorded"].median), r["overhead_us"]] for r in fwd]))
+    if "forward" in parts:
+        fwd = payload["forward_overhead"] = forward_overhead(op_cfg)
+        print("Forward overhead per op: recorded op (inputs require grad) vs the same NumPy call; "
+              f"median of {op_cfg['repeats']} interleaved repeats, us per call")
+        print(format_table(
+            ["size", "op", "numpy call", "numpy", "no graph", "recorded", "overhead"],
+            [[f"{r['size']} {tuple(r['shape'])}", r["op"], r["numpy_expr"], us(r["numpy"].median),
+              us(r["no_graph"].median), us(r["recorded"].median), r["overhead_us"]] for r in fwd]))
+        per_size = {size: sorted(r["overhead_us"] for r in fwd if r["size"] == size) for size in SIZES}
+        summary = {size: {"median_us": statistics.median(v), "worst_us": v[-1]} for size, v in per_size.items()}
+        # On medium arrays the op's own run time (and its noise) dwarfs a few us, so the target
+        # is judged on the median over ops there; on small arrays every op must meet it.
+        ok = summary["small"]["worst_us"] < OVERHEAD_TARGET_US and all(
+            v["median_us"] < OVERHEAD_TARGET_US for v in summary.values())
+        payload["overhead_summary"] = summary
+        verdicts.append(("forward overhead (us): " + ", ".join(
+            f"{k} median {v['median_us']:.2f} worst {v['worst_us']:.2f}" for k, v in summary.items()),
+            f"< {OVERHEAD_TARGET_US}", ok))
 
-    bwd = backward_overhead(op_cfg)
-    print("\nBackward overhead: chains of K nodes, backward() vs the same gradient math in NumPy; "
-          "per node = slope over K, fixed = cost of one backward() call")
-    k1, k2 = CHAIN_LENGTHS
-    print(format_table(
-        ["size", "node", f"numpy K={k2}", f"tinygrad K={k2}", "per node", "fixed"],
-        [[f"{r['size']} {tuple(r['shape'])}", r["node"], us(r["timings"][f"numpy/{k2}"].median),
-          us(r["timings"][f"tinygrad/{k2}"].median), r["per_node_overhead_us"], r["fixed_overhead_us"]]
-         for r in bwd]))
+    if "tape" in parts:
+        tape = payload["tape"] = tape_overhead(op_cfg)
+        print(f"\nOutputs kept alive: a chain of {TAPE_LENGTH} `h = h * c`, every output kept until the chain "
+              f"is dropped; us per op (allocator tuning: {backend.ALLOCATOR_TUNING})")
+        print(format_table(
+            ["size", "numpy (kept in a list)", "recorded (kept on the tape)", "overhead"],
+            [[f"{r['size']} {tuple(r['shape'])}", r["numpy_per_op_us"], r["recorded_per_op_us"],
+              r["overhead_per_op_us"]] for r in tape]))
 
-    mlp = mlp_step(mlp_cfg)
-    print(f"\nMLP training step (forward + cross-entropy + backward of all parameters), "
-          f"median of {mlp_cfg['repeats']} interleaved repeats, us")
-    print(format_table(
-        ["batch, in -> hidden -> classes", "variant", "numpy", "tinygrad", "ratio"],
-        [[f"{d[0]}, {d[1]} -> {d[2]} -> {d[3]}", r["variant"], us(r["numpy"].median), us(r["tinygrad"].median),
-          r["ratio"]] for r in mlp for d in [r["dims"]]]))
+    if "backward" in parts:
+        bwd = payload["backward_overhead"] = backward_overhead(op_cfg)
+        print("\nBackward overhead: chains of K nodes, backward() vs the same gradient math in NumPy; "
+              "per node = slope over K, fixed = cost of one backward() call")
+        k2 = CHAIN_LENGTHS[-1]
+        print(format_table(
+            ["size", "node", f"numpy K={k2}", f"tinygrad K={k2}", "per node", "fixed"],
+            [[f"{r['size']} {tuple(r['shape'])}", r["node"], us(r["timings"][f"numpy/{k2}"].median),
+              us(r["timings"][f"tinygrad/{k2}"].median), r["per_node_overhead_us"], r["fixed_overhead_us"]]
+             for r in bwd]))
 
-    worst = {size: max(r["overhead_us"] for r in fwd if r["size"] == size) for size in SIZES}
-    worst_ratio = max(r["ratio"] for r in mlp)
-    targets = {
-        "overhead_target_us": OVERHEAD_TARGET_US, "worst_overhead_us": worst,
-        "overhead_ok": worst["small"] < OVERHEAD_TARGET_US,
-        "mlp_target_ratio": MLP_TARGET_RATIO, "worst_mlp_ratio": worst_ratio,
-        "mlp_ok": worst_ratio < MLP_TARGET_RATIO,
-    }
+    if "mlp" in parts:
+        mlp = payload["mlp_step"] = mlp_step(mlp_cfg)
+        print(f"\nMLP training step (forward + cross-entropy + backward of all parameters), "
+              f"median of {mlp_cfg['repeats']} interleaved repeats, us; ratio = median of paired ratios")
+        print(format_table(
+            ["batch, in -> hidden -> classes", "variant", "numpy", "tinygrad", "ratio"],
+            [[f"{d[0]}, {d[1]} -> {d[2]} -> {d[3]}", r["variant"], us(r["numpy"].median),
+              us(r["tinygrad"].median), r["ratio"]] for r in mlp for d in [r["dims"]]]))
+        worst = max(r["ratio"] for r in mlp)
+        verdicts.append((f"MLP step ratio: worst {worst:.3f}", f"< {MLP_TARGET_RATIO}", worst < MLP_TARGET_RATIO))
+
     load_after = os.getloadavg()
-    print(f"\nworst forward overhead (us): " + ", ".join(f"{k} {v:.2f}" for k, v in worst.items())
-          + f"  [target < {OVERHEAD_TARGET_US}]: {'ok' if targets['overhead_ok'] else 'MISSED'}")
-    print(f"worst MLP ratio: {worst_ratio:.3f}  [target < {MLP_TARGET_RATIO}]: "
-          f"{'ok' if targets['mlp_ok'] else 'MISSED'}")
-    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
-    path = write_json(args.json, {
-        "benchmark": "engine", "quick": args.quick, "op_settings": op_cfg, "mlp_settings": mlp_cfg,
-        "load_before": list(load_before), "load_after": list(load_after), "targets": targets,
-        "forward_overhead": fwd, "backward_overhead": bwd, "mlp_step": mlp,
-    })
-    print(f"wrote {path}")
+    payload["load_after"] = list(load_after)
+    payload["targets"] = [{"measured": m, "target": t, "ok": ok} for m, t, ok in verdicts]
+    print()
+    for m, t, ok in verdicts:
+        print(f"{m}  [target {t}]: {'ok' if ok else 'MISSED'}")
+    print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} "
+          f"on {os.cpu_count()} logical cores")
+    print(f"wrote {write_json(args.json, payload)}")
 
 
 if __name__ == "__main__":

@@ -137,31 +137,55 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _openblas_runtime() -> dict:
-    """Threads and core type of the OpenBLAS that NumPy loaded (best effort, via ctypes)."""
+def _openblas_function(name: str):
+    """A function of the OpenBLAS library NumPy loaded, found by ``name`` (e.g. "get_num_threads")
+    under the usual symbol spellings (scipy-openblas wheels prefix ``scipy_`` and add ``64_``)."""
     try:
         with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line}
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
     except OSError:
-        return {}
-    for path in sorted(paths):
+        return None
+    for path in paths:
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        out = {"library": os.path.basename(path)}
-        for prefix in ("scipy_openblas_", "openblas_"):
-            for suffix in ("64_", ""):
-                try:
-                    nthreads = getattr(lib, f"{prefix}get_num_threads{suffix}")
-                    corename = getattr(lib, f"{prefix}get_corename{suffix}")
-                except AttributeError:
-                    continue
-                corename.restype = ctypes.c_char_p
-                out.update(threads=int(nthreads()), corename=corename().decode())
-                return out
-        return out
-    return {}
+        for symbol in (f"scipy_openblas_{name}64_", f"openblas_{name}64_", f"openblas_{name}"):
+            fn = getattr(lib, symbol, None)
+            if fn is not None:
+                return fn
+    return None
+
+
+def blas_threads() -> int | None:
+    """Threads OpenBLAS uses now (None when NumPy's BLAS is not an OpenBLAS we can find)."""
+    fn = _openblas_function("get_num_threads")
+    return int(fn()) if fn is not None else None
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set OpenBLAS's thread count at run time (OPENBLAS_NUM_THREADS only works before import).
+
+    One thread is the steadier choice when other processes load the machine: with every core
+    busy, a multi-threaded BLAS call waits for its slowest thread to be scheduled (we saw a
+    (256, 256) matmul go from 0.3 ms to 16 ms on 2 cores under a load of 3)."""
+    fn = _openblas_function("set_num_threads")
+    if fn is None:
+        return False
+    fn(ctypes.c_int(n))
+    return blas_threads() == n
+
+
+def _openblas_runtime() -> dict:
+    """Threads and core type of the OpenBLAS that NumPy loaded (best effort, via ctypes)."""
+    out = {}
+    threads, corename = blas_threads(), _openblas_function("get_corename")
+    if threads is not None:
+        out["threads"] = threads
+    if corename is not None:
+        corename.restype = ctypes.c_char_p
+        out["corename"] = corename().decode()
+    return out
 
 
 def _blas_info() -> dict:
