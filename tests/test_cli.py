@@ -298,3 +298,24 @@ def test_generate_without_prompt_and_zero_tokens(main):
     code, again, _ = main("generate", "--ckpt", "tmp/run", "--max-new-tokens", "7", "--seed", "4",
                           "--temperature", "0")
     assert again == out  # greedy: the seed does not matter
+
+
+def test_output_folder_that_is_a_file(main):
+    Path("not_a_folder").write_text("x")
+    code, out, err = main(*TRAIN, "--data", "input.txt", "--out", "not_a_folder")
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(ERROR) and "not_a_folder" in lines[0], err
+
+
+def test_end_of_training_sample_is_what_generate_gives(main):
+    """The sample printed after training (seed 1337, temperature 0.8, top-k 200, from a newline)
+    is generate's output for the saved model: sampling runs without dropout. (Heavy dropout and
+    a model trained past uniform logits, or dropout would hardly change the sample.)"""
+    code, out, err = main("train", "--data", "input.txt", *SMALL, "--dropout", "0.5", "--max_iters", 30,
+                          "--learning_rate", 0.05, "--warmup_iters", 0, "--eval_interval", 100,
+                          "--sample_tokens", 40, "--out", "tmp/sampled")
+    assert code == 0, err
+    sample = out.split("sample:\n", 1)[1].split("checkpoint:")[0]
+    code, gen, err = main("generate", "--ckpt", "tmp/sampled", "--seed", 1337, "--max-new-tokens", 40)
+    assert code == 0, err
+    assert gen == sample and len(gen) == 41

@@ -276,7 +276,7 @@ def main(argv=None) -> int:
         if args.command is None:
             raise UsageError(f"choose a command: {', '.join(COMMANDS)}")
         return COMMANDS[args.command](args)
-    except (UsageError, ValueError, CheckpointError, FileNotFoundError, IsADirectoryError,
+    except (UsageError, ValueError, CheckpointError, FileNotFoundError, FileExistsError, IsADirectoryError,
             NotADirectoryError, PermissionError) as e:
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return 2
