@@ -152,6 +152,32 @@ def test_resume_errors(data, tmp_path):
         _trainer(data, tmp_path / "weights", resume=True)
 
 
+def test_resume_after_a_crash_rewrites_the_log_from_the_checkpoint(data, tmp_path, uninterrupted):
+    """A crash (no Ctrl-C, no save) after iter 5 leaves log lines past the step-3 checkpoint,
+    maybe a half-written last line: resuming redoes those iters and logs each once."""
+    t = _trainer(data, tmp_path / "run")
+    step = t.train_step
+
+    def crash():
+        if t.step == 5:
+            raise MemoryError("simulated crash")
+        return step()
+
+    t.train_step = crash
+    with pytest.raises(MemoryError):
+        t.train()
+    assert load_checkpoint(tmp_path / "run")["meta"]["step"] == 3
+    with open(tmp_path / "run" / "log.jsonl", "a") as f:
+        f.write('{"iter": 6, "train_lo')  # killed mid-write
+    resumed = _trainer(data, tmp_path / "run", resume=True)
+    resumed.train()
+    _assert_same_params(resumed, uninterrupted)
+    def strip(log):  # timings differ between runs
+        return [{k: v for k, v in r.items() if k not in ("ms_per_iter", "tokens_per_s")} for r in log]
+
+    assert strip(_log(tmp_path / "run")) == strip(_log(tmp_path / "full"))
+
+
 def test_log_lines(data, tmp_path, uninterrupted):
     log = _log(tmp_path / "full")
     steps = [r for r in log if not r.get("eval")]

@@ -185,6 +185,8 @@ class Trainer:
         """Train until max_iters; Ctrl-C saves a checkpoint first. Returns the last eval."""
         c = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.ckpt is not None:  # a crash may have logged steps after the checkpoint: they are redone
+            _keep_log_until(self.out / "log.jsonl", self.step)
         logf = open(self.out / "log.jsonl", "a" if self.ckpt is not None else "w")
         stop = {"flag": False}
 
@@ -220,6 +222,7 @@ class Trainer:
                     rec = {"iter": self.step, "train_loss": loss, "lr": self.lr_at(self.step - 1),
                            "ms_per_iter": dt * 1e3, "tokens_per_s": tokens_per_iter / dt}
                     logf.write(json.dumps(rec) + "\n")
+                    logf.flush()
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr_at(self.step - 1):.2e}",
                                     tok_s=f"{tokens_per_iter / dt:,.0f}", refresh=False)
@@ -235,6 +238,20 @@ class Trainer:
                 signal.signal(signal.SIGINT, old_handler)
         plot_losses(self.out / "log.jsonl", self.out / "loss.png")
         return last_eval
+
+
+def _keep_log_until(path: Path, step: int) -> None:
+    """Drop log records after ``step`` (and a last line cut short by a crash)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["iter"] <= step:
+                keep.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            pass
+    path.write_text("".join(keep))
 
 
 def _main_thread() -> bool:
