@@ -217,6 +217,29 @@ def test_loss_plot_skipped_without_matplotlib(data, tmp_path, monkeypatch):
     assert plot_losses(tmp_path / "run" / "log.jsonl", tmp_path / "x.png") is None
 
 
+def test_loss_plot_separates_train_and_val(tmp_path, monkeypatch):
+    """plot_losses against a stand-in matplotlib: step records make the train curve, eval records
+    the val curve."""
+    import types
+    from unittest import mock
+    fig, ax = mock.MagicMock(), mock.MagicMock()
+    fig.savefig.side_effect = lambda path, **kw: Path(path).write_bytes(b"png")
+    plt = types.SimpleNamespace(subplots=lambda **kw: (fig, ax), close=lambda f: None)
+    mpl = types.ModuleType("matplotlib")
+    mpl.use, mpl.pyplot = (lambda backend: None), plt
+    monkeypatch.setitem(sys.modules, "matplotlib", mpl)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", plt)
+    log = tmp_path / "log.jsonl"
+    recs = [{"iter": 0, "train_loss": 3.0, "val_loss": 3.1, "eval": True}, {"iter": 1, "train_loss": 2.9},
+            {"iter": 2, "train_loss": 2.8}, {"iter": 2, "train_loss": 2.7, "val_loss": 2.75, "eval": True}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs) + "\n")
+    assert plot_losses(log, tmp_path / "loss.png") == tmp_path / "loss.png"
+    assert (tmp_path / "loss.png").read_bytes() == b"png"
+    (train_x, train_y), (val_x, val_y, _) = [c.args for c in ax.plot.call_args_list]
+    assert (train_x, train_y) == ((1, 2), (2.9, 2.8))
+    assert (val_x, val_y) == ((0, 2), (3.1, 2.75))
+
+
 def test_nonfinite_loss_stops_with_the_iter(data, tmp_path):
     from tinygrad_lm.tensor import is_grad_enabled
     t = _trainer(data, tmp_path / "run")
@@ -426,3 +449,21 @@ def test_zero_iterations_evaluates_and_saves(data, tmp_path):
     result = t.train()
     assert set(result) == {"train", "val"} and t.step == 0
     assert load_checkpoint(tmp_path / "run")["meta"]["step"] == 0
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "gpt2"])
+def test_presets_are_valid_configs(name):
+    from tinygrad_lm.models import GPTConfig
+    from tinygrad_lm.presets import get_preset
+    p = get_preset(name)
+    GPTConfig(**p["model"], vocab_size=257)
+    c = TrainConfig(**p["train"])
+    assert c.lr_decay_iters <= c.max_iters and c.min_lr <= c.learning_rate
+    p["model"]["n_layer"] = 99  # a copy: changing it leaves the preset alone
+    assert get_preset(name)["model"]["n_layer"] != 99
+
+
+def test_unknown_preset():
+    from tinygrad_lm.presets import get_preset
+    with pytest.raises(ValueError, match="unknown preset 'huge'.*tiny"):
+        get_preset("huge")
