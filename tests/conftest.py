@@ -2,10 +2,19 @@
 
 Profiles: "ci" (the default: modest example counts so the suite stays fast on 2 cores,
 no example database so every run draws fresh, independent examples) and "dev" (more
-examples). Pick one with HYPOTHESIS_PROFILE=dev."""
-import os
+examples). Pick one with HYPOTHESIS_PROFILE=dev.
 
+Kernel modes: every test of the op test modules (test_ops_*.py, test_functional.py) runs
+twice, inside tinygrad_lm.use_kernels("reference") and use_kernels("fast"); the mode shows
+in the test id, e.g. test_softmax[fast-...]. Other tests run in the process's mode."""
+import os
+import re
+
+import pytest
 from hypothesis import HealthCheck, settings
+
+import tinygrad_lm
+from tinygrad_lm.backend import KERNEL_MODES
 
 settings.register_profile(
     "ci", max_examples=30, deadline=None, database=None, print_blob=True, derandomize=False,
@@ -16,3 +25,25 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+OP_TEST_MODULES = re.compile(r"test_ops_\w+|test_functional")
+
+
+def is_op_test_module(module) -> bool:
+    return OP_TEST_MODULES.fullmatch(module.__name__.rpartition(".")[2]) is not None
+
+
+def pytest_generate_tests(metafunc):
+    if "kernels" in metafunc.fixturenames and is_op_test_module(metafunc.module):
+        metafunc.parametrize("kernels", KERNEL_MODES, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def kernels(request):
+    """The kernel mode this test runs in ("reference" or "fast"); None outside the op tests."""
+    mode = getattr(request, "param", None)
+    if mode is None:
+        yield None
+        return
+    with tinygrad_lm.use_kernels(mode):
+        yield mode
