@@ -73,7 +73,8 @@ def cross_entropy_forward(z, t, ignore_index):
     m = z.max(axis=-1)
     m = xp.where(xp.isfinite(m), m, 0).astype(z.dtype)
     lse = m + xp.log(xp.exp(z - m[:, None]).sum(axis=-1))
-    return (lse - z[rows, xp.where(valid, t, 0)]) * valid, lse
+    picked = z[rows, xp.where(valid, t, 0)]
+    return xp.where(valid, lse - picked, 0).astype(z.dtype), lse   # where, not * valid: inf * 0 is NaN
 
 
 def cross_entropy_backward(z, lse, t, ignore_index, row_scale):
