@@ -245,7 +245,9 @@ def write_json(path, payload: dict) -> Path:
     doc = {"command": " ".join([Path(sys.executable).name, "-m", _module_name()] + sys.argv[1:]),
            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "machine": machine_info(), **payload}
-    path.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
+    tmp = path.with_name(path.name + ".tmp")  # write, then rename: never a half-written file
+    tmp.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
     return path
 
 
