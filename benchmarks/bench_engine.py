@@ -4,13 +4,15 @@
    the raw NumPy call that does the same math, on small and medium arrays. The output is
    dropped at once in both, so neither keeps arrays alive. ``no_grad`` (nothing recorded) is
    timed alongside, to split the cost of the Tensor wrapper from the cost of recording.
+   The "tape" part times a chain of ops whose outputs all stay alive until it is dropped,
+   as in a training step (where the allocator, not the engine, can dominate).
 2. Backward overhead per node: a chain of K ops, ``backward()`` against the same gradient
    math hand-written in NumPy, for two chain lengths; the slope of the difference is the cost
    per node, the intercept the fixed cost of one ``backward()`` call (topological sort etc.).
 3. A 2-layer MLP training step (forward, cross-entropy, backward for every parameter)
    against the same math hand-written in NumPy with a manual backward.
 
-    python -m benchmarks.bench_engine [--quick] [--json PATH]
+    python -m benchmarks.bench_engine [--quick] [--json PATH] [--only PART] [--blas-threads N]
 
 Targets (issue "Core"): overhead under 5 us per op; the MLP step within 1.3x of NumPy.
 """
