@@ -566,3 +566,42 @@ def test_op_test_modules_are_parametrized_over_kernel_modes(request, kernels):
     for item in request.session.items:                   # when they are collected with this file
         if conftest.is_op_test_module(item.module):
             assert item.callspec.params["kernels"] in ("reference", "fast"), item.nodeid
+
+
+# ---- parallel and serial builds -------------------------------------------------------------------
+
+def _all_kernel_outputs(rng):
+    """Every kernel of the FAST table on one set of inputs (some ragged sizes, several rows)."""
+    from tinygrad_lm.kernels.cpu import ops as K
+    x = rng.standard_normal((37, 29)).astype(np.float32)
+    g = rng.standard_normal((37, 29)).astype(np.float32)
+    w, b = rng.standard_normal(29).astype(np.float32), rng.standard_normal(29).astype(np.float32)
+    t = rng.integers(0, 29, 37)
+    t[3] = -100
+    q, k, v = (rng.standard_normal((3, 2, 9, 8)).astype(np.float32) for _ in range(3))
+    y = K.softmax_forward(x)
+    out = [y, K.softmax_backward(y, g)]
+    losses, lse = K.cross_entropy_forward(x, t, -100)
+    out += [losses, lse, K.cross_entropy_backward(x, lse, t, -100, np.full(37, 0.5, np.float32))]
+    yl, mean, rstd = K.layer_norm_forward(x, w, b, 1e-5)
+    out += [yl, *K.layer_norm_backward(g, x, mean, rstd, w)]
+    yr, rr = K.rms_norm_forward(x, w, 1e-6)
+    out += [yr, *K.rms_norm_backward(g, x, rr, w)]
+    out += [K.gelu_forward(x, "none"), K.gelu_backward(x, g, "tanh")]
+    o, ls = K.attention_forward(q, k, v, 0.3, True)
+    out += [o, ls, *K.attention_backward(q, k, v, o, ls, rng.standard_normal(o.shape).astype(np.float32), 0.3, True)]
+    p, m, vv = x.copy(), np.zeros_like(x), np.zeros_like(x)
+    K.adamw_update(p, g, m, vv, 1, 1e-2, 0.9, 0.99, 1e-8, 0.1)
+    return out + [p, m, vv]
+
+
+def test_parallel_and_serial_builds_agree(monkeypatch):
+    """Kernels run serial below a size threshold and parallel above it: both builds give the
+    same results (the parallel norm backward sums per-chunk partials, so allow rounding)."""
+    from tinygrad_lm.kernels.cpu import _jit
+    monkeypatch.setattr(_jit, "PARALLEL_MIN_ELEMENTS", 0)
+    par = _all_kernel_outputs(np.random.default_rng(0))
+    monkeypatch.setattr(_jit, "PARALLEL_MIN_ELEMENTS", 1 << 62)
+    ser = _all_kernel_outputs(np.random.default_rng(0))
+    for i, (a, b) in enumerate(zip(par, ser)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"output {i}")

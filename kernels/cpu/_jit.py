@@ -1,9 +1,14 @@
-"""The one place that decides how CPU kernels are compiled.
+"""The one place that decides how CPU kernels are compiled and launched.
 
 parallel: prange loops over rows/heads. cache: compiled code is reused across processes.
 fastmath: only reassociation/contraction (lets LLVM vectorize sums; changes results at the
-level of float32 rounding), never 'nnan'/'ninf', because -inf masks and NaN checks must work."""
+level of float32 rounding), never 'nnan'/'ninf', because -inf masks and NaN checks must work.
+
+Every kernel is compiled twice, parallel and serial, and a call picks by problem size:
+starting Numba's thread team costs tens of microseconds (much more when the other core is
+busy), which is more than the whole work of a decode step's small rows."""
 import os
+import types
 
 # Numba's OpenMP workers spin after a parallel region and steal cycles from the OpenBLAS calls
 # that follow (measured on 2-core machines); passive waiting fixes it. A user's setting wins.
@@ -12,13 +17,33 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 import numba  # noqa: E402
 
 FASTMATH = {"reassoc", "contract", "arcp"}
+PARALLEL_MIN_ELEMENTS = 1 << 15  # below this many elements in the first array argument, run serial
+
+
+class SizedKernel:
+    """A kernel with a parallel and a serial build; calls go to one by the size of the first argument."""
+
+    def __init__(self, fn):
+        self.parallel = numba.njit(parallel=True, cache=True, fastmath=FASTMATH)(fn)
+        # a separate function object with its own qualified name, so the two builds get separate
+        # cache entries (one function jitted twice shares one cache entry)
+        twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__,
+                                  fn.__closure__)
+        twin.__qualname__ = fn.__qualname__ + "_serial"
+        twin.__module__ = fn.__module__
+        self.serial = numba.njit(parallel=False, cache=True, fastmath=FASTMATH)(twin)
+        self.__name__, self.__doc__, self.__wrapped__ = fn.__name__, fn.__doc__, fn
+
+    def __call__(self, *args):
+        big = args[0].size >= PARALLEL_MIN_ELEMENTS
+        return (self.parallel if big else self.serial)(*args)
 
 
 def kernel(fn):
-    """A parallel, cached CPU kernel."""
-    return numba.njit(parallel=True, cache=True, fastmath=FASTMATH)(fn)
+    """A cached CPU kernel, parallel for large inputs and serial for small ones."""
+    return SizedKernel(fn)
 
 
 def serial(fn):
-    """A serial, cached CPU kernel (for work too small or too racy to split)."""
+    """A serial, cached CPU kernel (for work too racy to split)."""
     return numba.njit(parallel=False, cache=True, fastmath=FASTMATH)(fn)
