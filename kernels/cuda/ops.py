@@ -23,6 +23,17 @@ from . import softmax as _softmax
 from ._launch import MAX_HEAD_DIM
 
 
+def _check(op, sizes_fit):
+    """Kernels index every array with the sizes of the first; on a GPU a mismatch would read or
+    write out of bounds (the simulator catches that, a real GPU does not), so check on the host."""
+    if not sizes_fit:
+        raise ValueError(f"{op}: the arrays' shapes do not fit together")
+
+
+def _same_shape(op, *arrays):
+    _check(op, all(a.shape == arrays[0].shape for a in arrays[1:]))
+
+
 def _c(a, dtype=None):
     return xp_of(a).ascontiguousarray(a, dtype=dtype)
 
@@ -37,9 +48,19 @@ def _heads(a):
     return _c(a.reshape((math.prod(a.shape[:-2]),) + a.shape[-2:]))
 
 
+def _ids(a, like):
+    """Integer ids/targets as contiguous int64 on like's device (a host array is copied over)."""
+    xp = xp_of(like)
+    return xp.ascontiguousarray(xp.asarray(a), dtype=xp.int64)
+
+
 def _param(p, x):
     """A weight or bias as a contiguous vector of x's dtype; a 1-element placeholder when None."""
-    return _c(p, x.dtype) if p is not None else xp_of(x).empty(1, dtype=x.dtype)
+    if p is None:
+        return xp_of(x).empty(1, dtype=x.dtype)
+    if p.shape != x.shape[-1:]:
+        raise ValueError(f"norm: parameter of shape {p.shape} does not fit input of shape {x.shape}")
+    return _c(p, x.dtype)
 
 
 def softmax_forward(x):
@@ -50,6 +71,7 @@ def softmax_forward(x):
 
 
 def softmax_backward(y, g):
+    _same_shape("softmax_backward", y, g)
     y2 = _rows(y)
     dx = xp_of(y).empty_like(y2)
     _softmax.backward(y2, _rows(g), dx)
@@ -59,17 +81,19 @@ def softmax_backward(y, g):
 def cross_entropy_forward(z, t, ignore_index):
     xp = xp_of(z)
     z = _c(z)
+    _check("cross_entropy", z.ndim == 2 and t.shape == z.shape[:1])
     losses = xp.empty(z.shape[0], dtype=z.dtype)
     lse = xp.empty(z.shape[0], dtype=z.dtype)
-    _ce.forward(z, _c(t, xp.int64), int(ignore_index), losses, lse)
+    _ce.forward(z, _ids(t, z), int(ignore_index), losses, lse)
     return losses, lse
 
 
 def cross_entropy_backward(z, lse, t, ignore_index, row_scale):
     xp = xp_of(z)
     z = _c(z)
+    _check("cross_entropy_backward", z.ndim == 2 and t.shape == lse.shape == row_scale.shape == z.shape[:1])
     dz = xp.empty_like(z)
-    _ce.backward(z, _c(lse, z.dtype), _c(t, xp.int64), int(ignore_index), _c(row_scale, z.dtype), dz)
+    _ce.backward(z, _c(lse, z.dtype), _ids(t, z), int(ignore_index), _c(row_scale, z.dtype), dz)
     return dz
 
 
@@ -95,6 +119,8 @@ def _param_grads(g2, x2, mean, rstd, centered):
 
 
 def layer_norm_backward(g, x, mean, rstd, w):
+    _same_shape("layer_norm_backward", g, x)
+    _check("layer_norm_backward", mean.size == rstd.size == math.prod(x.shape[:-1]))
     xp, x2, g2 = xp_of(x), _rows(x), _rows(g)
     mean, rstd = _c(mean, x.dtype), _c(rstd, x.dtype)
     dx = xp.empty_like(x2)
@@ -112,6 +138,8 @@ def rms_norm_forward(x, w, eps):
 
 
 def rms_norm_backward(g, x, rstd, w):
+    _same_shape("rms_norm_backward", g, x)
+    _check("rms_norm_backward", rstd.size == math.prod(x.shape[:-1]))
     xp, x2, g2 = xp_of(x), _rows(x), _rows(g)
     rstd = _c(rstd, x.dtype)
     dx = xp.empty_like(x2)
@@ -128,6 +156,7 @@ def gelu_forward(x, approximate):
 
 
 def gelu_backward(x, g, approximate):
+    _same_shape("gelu_backward", x, g)
     x1 = _c(x).reshape(-1)
     dx = xp_of(x).empty_like(x1)
     _gelu.backward(x1, _c(g, x.dtype).reshape(-1), approximate == "tanh", dx)
@@ -136,8 +165,9 @@ def gelu_backward(x, g, approximate):
 
 def _attention_fits(q, k, v):
     """Head dims the flash kernels hold in per-thread arrays, one dtype throughout."""
-    return (q.shape[-1] <= MAX_HEAD_DIM and v.shape[-1] <= MAX_HEAD_DIM and q.shape[-1] > 0
-            and v.shape[-1] > 0 and q.dtype == k.dtype == v.dtype)
+    return (0 < q.shape[-1] <= MAX_HEAD_DIM and 0 < v.shape[-1] <= MAX_HEAD_DIM and q.dtype == k.dtype == v.dtype
+            and q.shape[:-2] == k.shape[:-2] == v.shape[:-2] and q.shape[-1] == k.shape[-1]
+            and k.shape[-2] == v.shape[-2])
 
 
 def attention_forward(q, k, v, scale, causal):
@@ -154,6 +184,8 @@ def attention_forward(q, k, v, scale, causal):
 def attention_backward(q, k, v, out, lse, dout, scale, causal):
     if not _attention_fits(q, k, v):
         return reference("attention").backward(q, k, v, out, lse, dout, scale, causal)
+    _check("attention_backward", out.shape == dout.shape == q.shape[:-1] + v.shape[-1:]
+           and lse.size == math.prod(q.shape[:-1]))
     xp = xp_of(q)
     q3, k3, v3 = _heads(q), _heads(k), _heads(v)
     dq, dk, dv = xp.empty_like(q3), xp.empty_like(k3), xp.empty_like(v3)
@@ -165,8 +197,9 @@ def attention_backward(q, k, v, out, lse, dout, scale, causal):
 
 def embedding_backward(ids, g, num_embeddings):
     xp, g2 = xp_of(g), _rows(g)
+    _check("embedding_backward", ids.size == g2.shape[0])
     dw = xp.zeros((num_embeddings, g.shape[-1]), dtype=g.dtype)
-    _emb.backward(_c(ids, xp.int64).reshape(-1), g2, dw)
+    _emb.backward(_ids(ids, g).reshape(-1), g2, dw)
     return dw
 
 
@@ -174,6 +207,7 @@ def adamw_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
     """In place on p, m, v (any shape, C-contiguous), same math as optim.adamw_update."""
     if not all(a.flags.c_contiguous for a in (p, g, m, v)):
         raise ValueError("fast adamw_update needs C-contiguous arrays")
+    _same_shape("adamw_update", p, g, m, v)
     _adamw.step(p.reshape(-1), _c(g, p.dtype).reshape(-1), m.reshape(-1), v.reshape(-1), step, lr, beta1, beta2,
                 eps, weight_decay)
 

@@ -332,3 +332,19 @@ def test_empty_inputs(op):
         out, lse = fast.forward(q, q, q, 0.5, True)
         assert out.shape == (2, 0, 4) and lse.shape == (2, 0)
         assert all(d.shape == q.shape for d in fast.backward(q, q, q, out, lse, out, 0.5, True))
+
+
+def test_mismatched_shapes_are_refused_before_launch():
+    """A kernel trusts the sizes of its first array: on a GPU a mismatch would go out of bounds."""
+    x = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="do not fit"):
+        FAST["softmax"].backward(x, x[:2])
+    with pytest.raises(ValueError, match="do not fit"):
+        FAST["cross_entropy"].forward(x, np.zeros(2, np.int64), -1)
+    with pytest.raises(ValueError, match="does not fit"):
+        FAST["layer_norm"].forward(x, np.ones(5, np.float32), None, 1e-5)
+    with pytest.raises(ValueError, match="do not fit"):
+        FAST["embedding"].backward(np.zeros(2, np.int64), x, 3)
+    q = np.zeros((2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="do not fit"):
+        FAST["attention"].backward(q, q, q, q, np.zeros((2, 3), np.float32), q[:, :2], 0.5, True)
