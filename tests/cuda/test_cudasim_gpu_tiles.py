@@ -3,15 +3,22 @@
 blocks or a strided loop. The other tests use the simulator's small tiles; these make sure the
 GPU configuration (shared-array sizes, thread counts, the shared-memory fitting of attention
 tiles) is exercised too."""
-import numpy as np
+import os
+
 import pytest
 
-import tinygrad_lm.ops.nn  # noqa: F401
-import tinygrad_lm.optim  # noqa: F401
-from tinygrad_lm import backend
-from tinygrad_lm.kernels.cuda import _launch
-from tinygrad_lm.kernels.cuda import ops as cuda_ops
-from tinygrad_lm.kernels.cuda.attention import attn_tiles
+if os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() in ("", "0"):  # see the module docstring of test_cudasim_ops
+    pytest.skip("CUDA-simulator tests run in their own process: NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda",
+                allow_module_level=True)
+
+import numpy as np  # noqa: E402
+
+import tinygrad_lm.ops.nn  # noqa: E402,F401
+import tinygrad_lm.optim  # noqa: E402,F401
+from tinygrad_lm import backend  # noqa: E402
+from tinygrad_lm.kernels.cuda import _launch  # noqa: E402
+from tinygrad_lm.kernels.cuda import ops as cuda_ops  # noqa: E402
+from tinygrad_lm.kernels.cuda.attention import attn_tiles  # noqa: E402
 
 FAST = cuda_ops.FAST
 

@@ -5,14 +5,21 @@ The simulator takes NumPy arrays, so the CUDA FAST table stands in for the CPU o
 of the model (attention, norms, GELU, cross-entropy, embedding, AdamW) then runs through the
 CUDA adapters, with the shapes and layouts the model really passes (transposed head views,
 broadcast loss scales, decode steps with Tq = 1)."""
-import numpy as np
+import os
+
 import pytest
 
-import tinygrad_lm as tg
-from test_kernels_cpu import GPT_VARIANTS, batch, run_model, tiny_gpt  # the CPU kernels' model test
-from tinygrad_lm import backend
-from tinygrad_lm.backend import Impl
-from tinygrad_lm.kernels.cuda import ops as cuda_ops
+if os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() in ("", "0"):  # see the module docstring of test_cudasim_ops
+    pytest.skip("CUDA-simulator tests run in their own process: NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda",
+                allow_module_level=True)
+
+import numpy as np  # noqa: E402
+
+import tinygrad_lm as tg  # noqa: E402
+from test_kernels_cpu import GPT_VARIANTS, batch, run_model, tiny_gpt  # noqa: E402  (the CPU kernels' model test)
+from tinygrad_lm import backend  # noqa: E402
+from tinygrad_lm.backend import Impl  # noqa: E402
+from tinygrad_lm.kernels.cuda import ops as cuda_ops  # noqa: E402
 
 
 @pytest.fixture

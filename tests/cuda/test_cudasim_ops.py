@@ -9,17 +9,35 @@ the block or tile size, threads striding over long rows, -inf entries, ignored t
 masks with Tq == Tk, Tq < Tk (decode) and Tq > Tk (queries that see no key).
 
 Tolerances: the kernels sum in the array's dtype in another order than NumPy (tree reductions,
-online softmax), so float32 agrees to ~1e-6 relative, scaled by the size of the values."""
-import inspect
+online softmax), so float32 agrees to ~1e-6 relative, scaled by the size of the values.
 
-import numpy as np
+Every module of tests/cuda runs in a process of its own (.ci/run does this):
+
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest -p no:cacheprovider tests/cuda
+
+Numba reads NUMBA_ENABLE_CUDASIM once, when it is first imported, and the main test run imports
+it for the CPU kernels long before these files, so the simulator cannot be switched on there:
+without the variable each module skips itself (a tests/cuda/conftest.py would do it too, but
+a second module named "conftest" would shadow tests/conftest.py for `import conftest`). The
+simulator checks indexing and results, not races or missing syncthreads: those are reviewed
+by hand (the comment at each cuda.syncthreads() in kernels/cuda says why it is there)."""
+import os
+
 import pytest
 
-import tinygrad_lm.ops.nn  # noqa: F401  (registers the reference pairs)
-import tinygrad_lm.optim  # noqa: F401  (registers the "adamw" reference)
-from tinygrad_lm import backend
-from tinygrad_lm.kernels.cuda import _launch
-from tinygrad_lm.kernels.cuda import ops as cuda_ops
+if os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() in ("", "0"):  # see the module docstring of test_cudasim_ops
+    pytest.skip("CUDA-simulator tests run in their own process: NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda",
+                allow_module_level=True)
+
+import inspect  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import tinygrad_lm.ops.nn  # noqa: E402,F401  (registers the reference pairs)
+import tinygrad_lm.optim  # noqa: E402,F401  (registers the "adamw" reference)
+from tinygrad_lm import backend  # noqa: E402
+from tinygrad_lm.kernels.cuda import _launch  # noqa: E402
+from tinygrad_lm.kernels.cuda import ops as cuda_ops  # noqa: E402
 
 FAST = cuda_ops.FAST
 DTYPES = [np.float32, np.float64]
