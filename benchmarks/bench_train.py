@@ -404,7 +404,8 @@ def main(argv=None):
         cfg = CONFIGS[name]
         reps = (QUICK_REPEATS if args.quick else REPEATS)[name]
         print(f"\n{name}: {WARMUP[name]} warm-up step(s) per candidate (same weights, same batch: the losses "
-              f"must agree), then {reps} interleaved repeat(s) ...", flush=True)
+              f"must agree{'' if torch is not None else '; without PyTorch only tinygrad_lm variants are compared'}"
+              f"), then {reps} interleaved repeat(s) ...", flush=True)
         r, info = time_config(name, cfg, torch, args.quick, peaks, args.every_candidate)
         rows += r
         infos[name] = info
@@ -422,8 +423,9 @@ def main(argv=None):
         if torch is not None:
             row.append(r["vs_torch"])
         table.append(row)
-    print("\nTraining step (forward, backward, clip_grad_norm, AdamW), median over repeats; "
-          "time / torch = median of paired ratios against torch at its default threads (< 1: tinygrad_lm faster)")
+    print("\nTraining step (forward, backward, clip_grad_norm, AdamW), median over repeats"
+          + ("; time / torch = median of paired ratios against torch at its default threads (< 1: tinygrad_lm faster)"
+             if torch is not None else "; tinygrad_lm only (PyTorch is not installed)"))
     print(format_table(headers, table))
     for name in configs:
         losses = {r["candidate"]: r["last_loss"] for r in rows if r["config"] == name}
