@@ -155,7 +155,8 @@ def build_cases(xp, cfg: dict, torch=None, vocab_big: int = GPT2_VOCAB) -> list[
         scale = xp.full(rows, 1.0 / rows, dtype=f32)
         n = z.size * 4
         cases.append(OpCase("cross_entropy", f"({rows},{vocab})", (z, t, -1), (z, lse, t, -1, scale), n, 2 * n,
-                            torch_fwd=tt and tt.cross_entropy(z, t), torch_bwd=tt and tt.cross_entropy_bwd(z, t, scale)))
+                            torch_fwd=tt and tt.cross_entropy(z, t),
+                            torch_bwd=tt and tt.cross_entropy_bwd(z, t, scale)))
 
     x, w, b, g = rand(N, C), rand(C), rand(C), rand(N, C)
     _, mean, rstd = ref("layer_norm").forward(x, w, b, 1e-5)

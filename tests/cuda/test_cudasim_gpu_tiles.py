@@ -87,7 +87,8 @@ def test_flash_attention_with_64x64_tiles():
     close(out, rout)
     close(lse, rlse)
     dout = rng.standard_normal(out.shape).astype(np.float32)
-    for a, e in zip(fa.backward(q, k, v, rout, rlse, dout, 0.5, True), ref.backward(q, k, v, rout, rlse, dout, 0.5, True)):
+    args = (q, k, v, rout, rlse, dout, 0.5, True)
+    for a, e in zip(fa.backward(*args), ref.backward(*args)):
         close(a, e, atol=1e-4)
 
 
