@@ -137,43 +137,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _openblas_function(name: str):
-    """A function of the OpenBLAS library NumPy loaded, found by ``name`` (e.g. "get_num_threads")
-    under the usual symbol spellings (scipy-openblas wheels prefix ``scipy_`` and add ``64_``)."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
-    except OSError:
-        return None
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for symbol in (f"scipy_openblas_{name}64_", f"openblas_{name}64_", f"openblas_{name}"):
-            fn = getattr(lib, symbol, None)
-            if fn is not None:
-                return fn
-    return None
-
-
-def blas_threads() -> int | None:
-    """Threads OpenBLAS uses now (None when NumPy's BLAS is not an OpenBLAS we can find)."""
-    fn = _openblas_function("get_num_threads")
-    return int(fn()) if fn is not None else None
-
-
-def set_blas_threads(n: int) -> bool:
-    """Set OpenBLAS's thread count at run time (OPENBLAS_NUM_THREADS only works before import).
-
-    One thread is the steadier choice when other processes load the machine: with every core
-    busy, a multi-threaded BLAS call waits for its slowest thread to be scheduled (we saw a
-    (256, 256) matmul go from 0.3 ms to 16 ms on 2 cores under a load of 3)."""
-    fn = _openblas_function("set_num_threads")
-    if fn is None:
-        return False
-    fn(ctypes.c_int(n))
-    return blas_threads() == n
+from tinygrad_lm.backend import _openblas_function, blas_threads, set_blas_threads  # noqa: E402,F401
 
 
 def _openblas_runtime() -> dict:

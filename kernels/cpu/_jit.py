@@ -16,6 +16,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import numba  # noqa: E402
 
+from tinygrad_lm.backend import pin_blas_threads_for_kernels  # noqa: E402
+
+BLAS_PINNED = pin_blas_threads_for_kernels()  # see its docstring: 2 BLAS threads + Numba's team fight
+
 FASTMATH = {"reassoc", "contract", "arcp"}
 PARALLEL_MIN_ELEMENTS = 1 << 15  # below this many elements in the first array argument, run serial
 
