@@ -9,7 +9,6 @@ requires grad, records the node so ``Tensor.backward`` can walk the graph in rev
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 
 import numpy as np
@@ -145,6 +144,7 @@ class Tensor:
         return t
 
     def requires_grad_(self, flag: bool = True) -> "Tensor":
+        """Set requires_grad in place (only float tensors can require grad); returns self."""
         if flag and not is_float(self.data.dtype):
             raise TypeError(f"only floating-point tensors can require gradients, got dtype {self.data.dtype}")
         self.requires_grad = bool(flag)
@@ -192,11 +192,13 @@ class Tensor:
         return backend.to_numpy(self.data)
 
     def item(self):
+        """The single element as a Python number."""
         if self.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.reshape(()).item()
 
     def tolist(self):
+        """The data as (nested) Python lists."""
         return self.numpy().tolist()
 
     def detach(self) -> "Tensor":
@@ -211,9 +213,11 @@ class Tensor:
         return Tensor(backend.to_device(self.data, device), requires_grad=self.requires_grad)
 
     def cpu(self):
+        """This tensor on the CPU."""
         return self.to("cpu")
 
     def cuda(self):
+        """This tensor on the GPU (needs CuPy and a GPU)."""
         return self.to("cuda")
 
     def astype(self, dtype) -> "Tensor":
@@ -225,8 +229,13 @@ class Tensor:
             return ops.movement.Cast.apply(self, dtype=dtype)
         return Tensor._wrap(self.data.astype(dtype), False)
 
-    float = functools.partialmethod(astype, np.float32)
-    double = functools.partialmethod(astype, np.float64)
+    def float(self) -> "Tensor":
+        """Cast to float32."""
+        return self.astype(np.float32)
+
+    def double(self) -> "Tensor":
+        """Cast to float64."""
+        return self.astype(np.float64)
 
     def zero_grad(self):
         """Drop the accumulated gradient (sets .grad to None)."""
@@ -303,30 +312,39 @@ class Tensor:
             raise
 
     def __add__(self, other):
+        """a + b (broadcasting)."""
         return self._binary(other, ops.elementwise.Add)
 
     def __radd__(self, other):
+        """b + a."""
         return self._binary(other, ops.elementwise.Add, reverse=True)
 
     def __sub__(self, other):
+        """a - b (broadcasting)."""
         return self._binary(other, ops.elementwise.Sub)
 
     def __rsub__(self, other):
+        """b - a."""
         return self._binary(other, ops.elementwise.Sub, reverse=True)
 
     def __mul__(self, other):
+        """a * b (broadcasting)."""
         return self._binary(other, ops.elementwise.Mul)
 
     def __rmul__(self, other):
+        """b * a."""
         return self._binary(other, ops.elementwise.Mul, reverse=True)
 
     def __truediv__(self, other):
+        """a / b (broadcasting)."""
         return self._binary(other, ops.elementwise.Div)
 
     def __rtruediv__(self, other):
+        """b / a."""
         return self._binary(other, ops.elementwise.Div, reverse=True)
 
     def __pow__(self, other):
+        """a ** b (a Python number exponent, or a tensor)."""
         if isinstance(other, (int, float)) and not isinstance(other, bool):
             base = self
             if isinstance(other, float) and not is_float(self.dtype):  # int ** 0.5 is float32, not float64
@@ -335,15 +353,19 @@ class Tensor:
         return self._binary(other, ops.elementwise.Pow)
 
     def __rpow__(self, other):
+        """b ** a."""
         return self._binary(other, ops.elementwise.Pow, reverse=True)
 
     def __neg__(self):
+        """-a."""
         return ops.elementwise.Neg.apply(self)
 
     def __matmul__(self, other):
+        """a @ b (see matmul)."""
         return self.matmul(other)
 
     def __rmatmul__(self, other):
+        """b @ a."""
         return _operands(self, other)[1].matmul(self)
 
     def matmul(self, other) -> "Tensor":
@@ -368,21 +390,27 @@ class Tensor:
         return Tensor._wrap(fn(a.data, b.data), False)
 
     def __lt__(self, other):
+        """a < b elementwise (bool tensor, no gradient)."""
         return self._compare(other, np.less)
 
     def __le__(self, other):
+        """a <= b elementwise (bool tensor, no gradient)."""
         return self._compare(other, np.less_equal)
 
     def __gt__(self, other):
+        """a > b elementwise (bool tensor, no gradient)."""
         return self._compare(other, np.greater)
 
     def __ge__(self, other):
+        """a >= b elementwise (bool tensor, no gradient)."""
         return self._compare(other, np.greater_equal)
 
     def __eq__(self, other):
+        """a == b elementwise (bool tensor, no gradient)."""
         return self._compare(other, np.equal)
 
     def __ne__(self, other):
+        """a != b elementwise (bool tensor, no gradient)."""
         return self._compare(other, np.not_equal)
 
     # unary elementwise
@@ -747,14 +775,17 @@ def tensor(data, requires_grad=False, dtype=None, device=None) -> Tensor:
 
 
 def zeros(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """A tensor of zeros (float32 unless dtype is given)."""
     return _factory(lambda s, d: np.zeros(s, d), shape, dtype, device, requires_grad)
 
 
 def ones(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """A tensor of ones (float32 unless dtype is given)."""
     return _factory(lambda s, d: np.ones(s, d), shape, dtype, device, requires_grad)
 
 
 def full(shape, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """A tensor filled with fill_value (float32 unless dtype is given)."""
     return _factory(lambda s, d: np.full(s, fill_value, d), (shape,) if isinstance(shape, int) else (tuple(shape),),
                     dtype, device, requires_grad)
 
@@ -778,10 +809,12 @@ def arange(start, stop=None, step=1, dtype=None, device=None) -> Tensor:
 
 
 def zeros_like(t: Tensor, dtype=None, requires_grad=False) -> Tensor:
+    """Zeros with t's shape, dtype and device."""
     return zeros(t.shape, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad)
 
 
 def ones_like(t: Tensor, dtype=None, requires_grad=False) -> Tensor:
+    """Ones with t's shape, dtype and device."""
     return ones(t.shape, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad)
 
 

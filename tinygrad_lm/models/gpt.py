@@ -118,7 +118,9 @@ class GPT(Module):
         With targets: logits (B, T, V) and the mean cross-entropy (targets of -1 are ignored).
         Without: logits of the last position only, (B, 1, V), unless all_logits. A cache makes
         idx continue the cached tokens (positions start at cache.pos)."""
-        ids = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
+        ids = idx.data if isinstance(idx, Tensor) else idx
+        if not hasattr(ids, "shape"):  # lists; NumPy and CuPy arrays stay on their device
+            ids = np.asarray(ids)
         if ids.ndim != 2 or ids.dtype.kind not in "iu":
             raise ValueError(f"GPT: idx must be a (B, T) integer array, got shape {ids.shape} dtype {ids.dtype}")
         B, T = ids.shape
@@ -140,7 +142,8 @@ class GPT(Module):
         x = tr.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)                                       # (B, T, V)
-            t = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
+            t = targets.data if isinstance(targets, Tensor) else targets
+            t = t if hasattr(t, "shape") else np.asarray(t)
             return logits, F.cross_entropy(logits, t, ignore_index=-1)
         return (self.lm_head(x) if all_logits else self.lm_head(x[:, -1:, :])), None   # (B, 1, V)
 
