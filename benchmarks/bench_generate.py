@@ -20,7 +20,7 @@ prompt, interleaved with tinygrad_lm's greedy decoding:
 Both are single-sequence (batch 1), in torch.no_grad / tinygrad_lm.no_grad. Before timing, the
 greedy tokens of both frameworks are compared (same weights: they should match).
 tokens/s = new tokens / median wall time; "tinygrad / torch" is the ratio of tokens/s (> 1:
-tinygrad_lm faster). OMP_WAIT_POLICY defaults to passive and OpenBLAS to 1 thread (see
+tinygrad_lm faster), as the median of paired per-repeat ratios. OMP_WAIT_POLICY defaults to passive and OpenBLAS to 1 thread (see
 benchmarks/README.md: decode matmuls are tiny, and 2 threads on a busy 2-core machine stall).
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import tinygrad_lm as tg  # noqa: E402
 from tinygrad_lm.models import GPT, GPTConfig  # noqa: E402
 
-from .common import blas_threads, format_table, interleaved, set_blas_threads, write_json  # noqa: E402
+from .common import blas_threads, format_table, interleaved, paired_ratio, set_blas_threads, write_json  # noqa: E402
 from .torch_gpt import torch_or_none  # noqa: E402
 
 SHAPES = {
@@ -86,13 +86,15 @@ def peer_comparison(name, model, torch, long_n, repeats) -> tuple[list, dict]:
         "tinygrad recompute": lambda: model.generate(prompt, T, temperature=0.0, use_cache=False),
         "torch recompute": lambda: peer.generate(tprompt, T, use_cache=False),
     }
-    stats = interleaved(cases, repeats=repeats, warmup=1, number=1)
+    stats = interleaved(cases, repeats=repeats, warmup=0, number=1)   # the agreement check above warmed both
     rows, out = [], {"greedy_tokens_agree": same, "tokens": lengths, "stats": stats}
     for kind, n in lengths.items():
         ours_tps = n / (stats[f"tinygrad {kind}"].median / 1e9)
         theirs_tps = n / (stats[f"torch {kind}"].median / 1e9)
         out[f"tokens_per_s_tinygrad_{kind}"], out[f"tokens_per_s_torch_{kind}"] = ours_tps, theirs_tps
-        rows.append([name, kind, n, ours_tps, theirs_tps, ours_tps / theirs_tps])
+        ratio = paired_ratio(stats[f"torch {kind}"], stats[f"tinygrad {kind}"])   # torch time / ours = our tok/s / theirs
+        out[f"tinygrad_over_torch_{kind}"] = ratio
+        rows.append([name, kind, n, ours_tps, theirs_tps, ratio])
     return rows, out
 
 
