@@ -341,6 +341,8 @@ def measure_memory(config, torch_available, steps) -> dict:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for fw in frameworks:
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+        if fw == "torch":  # torch's own allocator behaviour: no tinygrad_lm malloc tuning (it builds the weights)
+            env["TINYGRAD_LM_NO_MALLOPT"] = "1"
         cmd = [sys.executable, "-m", "benchmarks.bench_train", "--memory-worker", fw, "--config", config,
                "--steps", str(steps)]
         res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
