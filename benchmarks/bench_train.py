@@ -351,8 +351,8 @@ def measure_memory(config, torch_available, steps) -> dict:
         if "error" in r:
             print(f"  {fw}: failed: {r['error'][-300:]}")
             continue
-        ru = "inherited from the parent, not measured" if r["ru_maxrss_inherited"] else _mib(r["peak_ru_maxrss"])
-        print(f"  {fw:20s} peak RSS +{_mib(r['peak_rss'])} (VmHWM), ru_maxrss +{ru}, "
+        ru = "n/a (carried over from the parent)" if r["ru_maxrss_inherited"] else "+" + _mib(r["peak_ru_maxrss"])
+        print(f"  {fw:20s} peak RSS +{_mib(r['peak_rss'])} (VmHWM), ru_maxrss {ru}, "
               f"RSS kept after the steps +{_mib(r['rss_after'])} ({steps} step(s), {r['seconds']:.1f} s)", flush=True)
     return out
 
