@@ -102,10 +102,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, tiny shape only")
     ap.add_argument("--blas-threads", type=int, default=1,
-                    help="OpenBLAS threads for NumPy (default 1); 0 leaves OpenBLAS as loaded")
+                    help="OpenBLAS threads for NumPy (default 1); 0 leaves it as tinygrad_lm's kernels set it")
     ap.add_argument("--no-torch", action="store_true", help="leave out the PyTorch peer")
     ap.add_argument("--json", default="benchmarks/results/generate.json")
     args = ap.parse_args(argv)
+    from tinygrad_lm import backend
+    backend.fast_table("cpu")  # load the kernels first: loading pins OpenBLAS to 1 thread (backend)
     if args.blas_threads and not set_blas_threads(args.blas_threads):
         ap.error("--blas-threads: could not find OpenBLAS's set_num_threads in this NumPy")
     torch, note = (None, "PyTorch peer left out (--no-torch)") if args.no_torch else torch_or_none()

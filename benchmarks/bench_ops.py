@@ -312,10 +312,12 @@ def main(argv=None):
     ap.add_argument("--only", nargs="+", choices=list(OPS), help="time these ops only")
     ap.add_argument("--blas-threads", type=int, default=1,
                     help="OpenBLAS threads for NumPy (default 1: with the other core busy, 2 threads made the "
-                         "reference attention's matmuls ~10x slower); 0 leaves OpenBLAS as loaded")
+                         "reference attention's matmuls ~10x slower); 0 leaves it as tinygrad_lm's kernels set "
+                         "it (1 unless OPENBLAS_NUM_THREADS is set)")
     ap.add_argument("--no-torch", action="store_true", help="leave out the PyTorch column")
     ap.add_argument("--json", default="benchmarks/results/ops.json")
     args = ap.parse_args(argv)
+    backend.fast_table("cpu")  # load the kernels first: loading pins OpenBLAS to 1 thread (backend)
     if args.blas_threads and not set_blas_threads(args.blas_threads):
         ap.error("--blas-threads: could not find OpenBLAS's set_num_threads in this NumPy")
     torch, note = (None, "PyTorch column left out (--no-torch)") if args.no_torch else torch_or_none()
