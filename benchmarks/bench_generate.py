@@ -38,7 +38,8 @@ import numpy as np  # noqa: E402
 import tinygrad_lm as tg  # noqa: E402
 from tinygrad_lm.models import GPT, GPTConfig  # noqa: E402
 
-from .common import blas_threads, format_table, interleaved, paired_ratio, set_blas_threads, write_json  # noqa: E402
+from .common import (apply_blas_threads, blas_threads, format_table, interleaved, paired_ratio,  # noqa: E402
+                     write_json)
 from .torch_gpt import torch_or_none  # noqa: E402
 
 SHAPES = {
@@ -106,10 +107,7 @@ def main(argv=None):
     ap.add_argument("--no-torch", action="store_true", help="leave out the PyTorch peer")
     ap.add_argument("--json", default="benchmarks/results/generate.json")
     args = ap.parse_args(argv)
-    from tinygrad_lm import backend
-    backend.fast_table("cpu")  # load the kernels first: loading pins OpenBLAS to 1 thread (backend)
-    if args.blas_threads and not set_blas_threads(args.blas_threads):
-        ap.error("--blas-threads: could not find OpenBLAS's set_num_threads in this NumPy")
+    apply_blas_threads(ap, args.blas_threads)  # loads the kernels first (they pin 1 thread)
     torch, note = (None, "PyTorch peer left out (--no-torch)") if args.no_torch else torch_or_none()
     if note:
         print(f"note: {note}")

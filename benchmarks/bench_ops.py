@@ -50,8 +50,8 @@ import numpy as np  # noqa: E402
 from tinygrad_lm import backend, optim  # noqa: E402,F401  (optim registers the adamw reference)
 from tinygrad_lm.models import GPT, GPTConfig  # noqa: E402
 
-from .common import (Case, Stats, blas_threads, format_table, interleaved, paired_ratio,  # noqa: E402
-                     set_blas_threads, us, write_json)
+from .common import (Case, apply_blas_threads, Stats, blas_threads, format_table, interleaved, paired_ratio,  # noqa: E402
+                     us, write_json)
 from .torch_gpt import torch_or_none  # noqa: E402
 
 CONFIGS = {
@@ -317,9 +317,7 @@ def main(argv=None):
     ap.add_argument("--no-torch", action="store_true", help="leave out the PyTorch column")
     ap.add_argument("--json", default="benchmarks/results/ops.json")
     args = ap.parse_args(argv)
-    backend.fast_table("cpu")  # load the kernels first: loading pins OpenBLAS to 1 thread (backend)
-    if args.blas_threads and not set_blas_threads(args.blas_threads):
-        ap.error("--blas-threads: could not find OpenBLAS's set_num_threads in this NumPy")
+    apply_blas_threads(ap, args.blas_threads)  # loads the kernels first (they pin 1 thread)
     torch, note = (None, "PyTorch column left out (--no-torch)") if args.no_torch else torch_or_none()
     if note:
         print(f"note: {note}")

@@ -140,6 +140,15 @@ def _cpu_model() -> str:
 from tinygrad_lm.backend import _openblas_function, blas_threads, set_blas_threads  # noqa: E402,F401
 
 
+def apply_blas_threads(ap, n: int) -> None:
+    """Load tinygrad_lm's CPU kernels (loading pins OpenBLAS to 1 thread, see backend), then set
+    OpenBLAS to ``n`` threads as a benchmark's --blas-threads asks (0: leave it); ``ap.error`` if impossible."""
+    from tinygrad_lm import backend
+    backend.fast_table("cpu")
+    if n and not set_blas_threads(n):
+        ap.error("--blas-threads: could not find OpenBLAS's set_num_threads in this NumPy")
+
+
 def _openblas_runtime() -> dict:
     """Threads and core type of the OpenBLAS that NumPy loaded (best effort, via ctypes)."""
     out = {}
