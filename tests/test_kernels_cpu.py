@@ -41,12 +41,13 @@ def pair(op):
     return FAST[op], backend.reference(op)
 
 
-def close(actual, expected, dtype, scale=1.0, what=""):
-    """Same shape and dtype, and equal up to rtol and atol * scale (inf and NaN must match)."""
+def close(actual, expected, dtype, scale=1.0, what="", rtol=RTOL, atol=ATOL):
+    """Same shape and dtype, and equal up to rtol and atol * scale (inf and NaN must match).
+    rtol/atol: tolerance per dtype (the CUDA-simulator tests pass their own)."""
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
-    np.testing.assert_allclose(actual, expected, rtol=RTOL[dtype], atol=ATOL[dtype] * scale, err_msg=what)
+    np.testing.assert_allclose(actual, expected, rtol=rtol[dtype], atol=atol[dtype] * scale, err_msg=what)
 
 
 def amax(*arrays_):
@@ -472,8 +473,8 @@ def batch(seed=2):
     return idx, targets
 
 
-def counting(monkeypatch):
-    """Wrap every FAST kernel to record which ops run."""
+def counted_table(table: dict) -> tuple[dict, set]:
+    """A copy of a FAST table whose kernels record their op name in the returned set when they run."""
     used = set()
 
     def wrap(op, fn):
@@ -485,8 +486,14 @@ def counting(monkeypatch):
             return fn(*args, **kwargs)
         return counted
 
-    for op, impl in list(FAST.items()):
-        monkeypatch.setitem(FAST, op, Impl(wrap(op, impl.forward), wrap(op, impl.backward)))
+    return {op: Impl(wrap(op, i.forward), wrap(op, i.backward)) for op, i in table.items()}, used
+
+
+def counting(monkeypatch):
+    """Wrap every FAST kernel to record which ops run."""
+    table, used = counted_table(FAST)
+    for op, impl in table.items():
+        monkeypatch.setitem(FAST, op, impl)
     return used
 
 

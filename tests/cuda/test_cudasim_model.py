@@ -16,27 +16,15 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() in ("", "0"):  # see the 
 import numpy as np  # noqa: E402
 
 import tinygrad_lm as tg  # noqa: E402
-from test_kernels_cpu import GPT_VARIANTS, batch, run_model, tiny_gpt  # noqa: E402  (the CPU kernels' model test)
+from test_kernels_cpu import GPT_VARIANTS, batch, counted_table, run_model, tiny_gpt  # noqa: E402  (the CPU kernels' model test)
 from tinygrad_lm import backend  # noqa: E402
-from tinygrad_lm.backend import Impl  # noqa: E402
 from tinygrad_lm.kernels.cuda import ops as cuda_ops  # noqa: E402
 
 
 @pytest.fixture
 def cuda_kernels_on_numpy(monkeypatch):
     """Route fast-mode NumPy arrays to the CUDA kernels; -> the set of ops that ran."""
-    used = set()
-
-    def counted(op, fn):
-        if fn is None:
-            return None
-
-        def run(*args, **kwargs):
-            used.add(op)
-            return fn(*args, **kwargs)
-        return run
-
-    table = {op: Impl(counted(op, i.forward), counted(op, i.backward)) for op, i in cuda_ops.FAST.items()}
+    table, used = counted_table(cuda_ops.FAST)
     monkeypatch.setitem(backend._fast_tables, "cpu", table)
     return used
 
