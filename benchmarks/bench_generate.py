@@ -27,20 +27,18 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before NumPy/Numba/torch start their thread pools
+import argparse
+import statistics
+import time
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import numpy as np
 
-import numpy as np  # noqa: E402
+import tinygrad_lm as tg
+from tinygrad_lm.models import GPT, GPTConfig
 
-import tinygrad_lm as tg  # noqa: E402
-from tinygrad_lm.models import GPT, GPTConfig  # noqa: E402
-
-from .common import (apply_blas_threads, blas_threads, format_table, interleaved, paired_ratio,  # noqa: E402
+from .common import (apply_blas_threads, blas_threads, format_table, interleaved, paired_ratio,
                      write_json)
-from .torch_gpt import torch_or_none  # noqa: E402
+from .torch_gpt import torch_or_none
 
 SHAPES = {
     "tiny": dict(vocab_size=65, n_layer=4, n_head=4, n_embd=128, block_size=64),

@@ -32,27 +32,25 @@ Targets (issue "Fast CPU path"), judged on the small config: attention forward+b
 least 2x the reference at (B=64, nh=6, T=256, hs=64); layer norm forward+backward at least 4x.
 
 Thread settings are printed and saved: OpenBLAS (the reference attention's matmuls), Numba's
-threads (the fast kernels), torch's threads. ``OMP_WAIT_POLICY`` defaults to passive here, as
-tinygrad_lm's kernels set it (spinning OpenMP threads starve the other core on 2-core machines).
+threads (the fast kernels), torch's threads. ``OMP_WAIT_POLICY`` defaults to passive and OpenBLAS's
+idle threads sleep (benchmarks/__init__.py): spinning threads starve the other core on 2-core machines.
 """
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before NumPy/Numba/torch start their thread pools
+import argparse
+import math
+import time
 
-import argparse  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
+import numpy as np
 
-import numpy as np  # noqa: E402
+from tinygrad_lm import backend, optim  # noqa: F401  (optim registers the adamw reference)
+from tinygrad_lm.models import GPT, GPTConfig
 
-from tinygrad_lm import backend, optim  # noqa: E402,F401  (optim registers the adamw reference)
-from tinygrad_lm.models import GPT, GPTConfig  # noqa: E402
-
-from .common import (Case, apply_blas_threads, Stats, blas_threads, format_table, interleaved, paired_ratio,  # noqa: E402
+from .common import (Case, apply_blas_threads, Stats, blas_threads, format_table, interleaved, paired_ratio,
                      us, write_json)
-from .torch_gpt import torch_or_none  # noqa: E402
+from .torch_gpt import torch_or_none
 
 CONFIGS = {
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch=12),

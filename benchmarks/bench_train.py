@@ -28,9 +28,8 @@ repeats, small: 1 and 3; --quick: 5 and 1):
 
 Each candidate's thread settings are applied right before each of its samples (OpenBLAS's
 thread count at run time, Numba's threads, torch's threads: Numba and torch may share one
-OpenMP runtime). OMP_WAIT_POLICY defaults to passive for the whole process (set here before
-anything loads): with active waiting, PyTorch's idle OpenMP threads spin and on a loaded
-2-core machine a tiny-config torch step went from ~0.1 s to ~2 s.
+OpenMP runtime). OMP_WAIT_POLICY defaults to passive and OpenBLAS's idle threads sleep
+(benchmarks/__init__.py, set before anything loads).
 
 Reported: median ms/step, tokens/s, the ratio tinygrad / torch (default threads; median of
 paired ratios, < 1 means tinygrad_lm is faster), and model FLOPs utilisation: achieved FLOP/s
@@ -54,23 +53,21 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before NumPy/Numba/torch start their thread pools
+import argparse
+import gc
+import json
+import resource
+import subprocess
+import sys
+import time
 
-import argparse  # noqa: E402
-import gc  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+import numpy as np
 
-import numpy as np  # noqa: E402
+import tinygrad_lm as tg
+from tinygrad_lm.models import GPT, GPTConfig
+from tinygrad_lm.optim import clip_grad_norm
 
-import tinygrad_lm as tg  # noqa: E402
-from tinygrad_lm.models import GPT, GPTConfig  # noqa: E402
-from tinygrad_lm.optim import clip_grad_norm  # noqa: E402
-
-from .common import blas_threads, format_table, interleaved, paired_ratio, set_blas_threads, write_json  # noqa: E402
+from .common import blas_threads, format_table, interleaved, paired_ratio, set_blas_threads, write_json
 
 
 def torch_or_none():
@@ -379,7 +376,7 @@ def main(argv=None):
     if note:
         print(f"note: {note}")
     from tinygrad_lm import backend
-    backend.fast_table("cpu")  # load the kernels (and their OMP_WAIT_POLICY default) before timing
+    backend.fast_table("cpu")  # load the kernels (and their thread policy) before timing
     import numba
     threads = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
                "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),

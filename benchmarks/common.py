@@ -141,7 +141,7 @@ from tinygrad_lm.backend import _openblas_function, blas_threads, set_blas_threa
 
 
 def apply_blas_threads(ap, n: int) -> None:
-    """Load tinygrad_lm's CPU kernels (loading pins OpenBLAS to 1 thread, see backend), then set
+    """Load tinygrad_lm's CPU kernels (loading may pin OpenBLAS to 1 thread, see backend), then set
     OpenBLAS to ``n`` threads as a benchmark's --blas-threads asks (0: leave it); ``ap.error`` if impossible."""
     from tinygrad_lm import backend
     backend.fast_table("cpu")
@@ -186,7 +186,7 @@ def _git_revision() -> dict:
 
 def machine_info() -> dict:
     """What a reader needs to judge and reproduce a number: CPU, cores, load, versions, BLAS."""
-    env_keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY",
+    env_keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT",
                 "NUMBA_NUM_THREADS", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
     info = {
         "cpu": _cpu_model(),

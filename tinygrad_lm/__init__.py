@@ -1,4 +1,5 @@
 """tinygrad_lm: a from-scratch GPT on NumPy/CuPy with its own reverse-mode autograd."""
+from . import _threads  # noqa: F401  (first: sets OpenBLAS options before NumPy loads it)
 from . import functional
 from .backend import cuda_available, kernel_mode, use_kernels
 from .gradcheck import GradcheckError, gradcheck

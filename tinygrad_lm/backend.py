@@ -14,6 +14,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from . import _threads
+
 DEVICES = ("cpu", "cuda")
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 DEFAULT_FLOAT = np.dtype(np.float32)
@@ -240,13 +242,16 @@ def set_blas_threads(n: int) -> bool:
 
 
 def pin_blas_threads_for_kernels() -> bool:
-    """One OpenBLAS thread, unless the user chose a count (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS).
+    """One OpenBLAS thread when the parallel CPU kernels load, but only where OpenBLAS's idle
+    threads spin (see tinygrad_lm._threads) and the user chose no thread count.
 
-    Called when the parallel CPU kernels load: Numba's thread team and OpenBLAS's own threads
-    then take turns on the same cores, and a multi-threaded BLAS call waits for its slowest
-    thread. Measured on the 2-core machines (tiny GPT train step, idle machine): fast kernels
-    with 2 BLAS threads 364 ms, with 1 BLAS thread 99 ms; reference kernels with 2 BLAS
-    threads 113 ms. The kernels still use both cores; the matmuls run on one."""
+    A spinning BLAS worker takes a core from Numba's thread team between matmuls. With idle
+    BLAS threads asleep (OPENBLAS_THREAD_TIMEOUT set before NumPy loaded, the default when
+    tinygrad_lm is imported first), both libraries use both cores: tiny GPT train step on the
+    2-core machines, 2 BLAS threads 55-58 ms vs 1 thread 75-80 ms. When NumPy was imported
+    first, the timeout cannot take effect and 2 spinning BLAS threads measured 67-103 ms."""
+    if _threads.BLAS_SLEEPS_WHEN_IDLE:
+        return False
     if any(os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "GOTO_NUM_THREADS")):
         return False
     return set_blas_threads(1)

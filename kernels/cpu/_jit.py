@@ -3,6 +3,8 @@
 parallel: prange loops over rows/heads. cache: compiled code is reused across processes.
 fastmath: only reassociation/contraction (lets LLVM vectorize sums; changes results at the
 level of float32 rounding), never 'nnan'/'ninf', because -inf masks and NaN checks must work.
+error_model="numpy": a float division by zero gives inf/nan as in the NumPy reference, instead
+of Python's ZeroDivisionError check, a branch on every division that stops vectorization.
 
 Every kernel is compiled twice, parallel and serial, and a call picks by problem size:
 starting Numba's thread team costs tens of microseconds (much more when the other core is
@@ -21,6 +23,7 @@ from tinygrad_lm.backend import pin_blas_threads_for_kernels  # noqa: E402
 BLAS_PINNED = pin_blas_threads_for_kernels()  # see its docstring: 2 BLAS threads + Numba's team fight
 
 FASTMATH = {"reassoc", "contract", "arcp"}
+OPTIONS = dict(cache=True, fastmath=FASTMATH, error_model="numpy")
 PARALLEL_MIN_ELEMENTS = 1 << 15  # below this many elements in the first array argument, run serial
 
 
@@ -28,14 +31,14 @@ class SizedKernel:
     """A kernel with a parallel and a serial build; calls go to one by the size of the first argument."""
 
     def __init__(self, fn):
-        self.parallel = numba.njit(parallel=True, cache=True, fastmath=FASTMATH)(fn)
+        self.parallel = numba.njit(parallel=True, **OPTIONS)(fn)
         # a separate function object with its own qualified name, so the two builds get separate
         # cache entries (one function jitted twice shares one cache entry)
         twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__,
                                   fn.__closure__)
         twin.__qualname__ = fn.__qualname__ + "_serial"
         twin.__module__ = fn.__module__
-        self.serial = numba.njit(parallel=False, cache=True, fastmath=FASTMATH)(twin)
+        self.serial = numba.njit(parallel=False, **OPTIONS)(twin)
         self.__name__, self.__doc__, self.__wrapped__ = fn.__name__, fn.__doc__, fn
 
     def __call__(self, *args):
@@ -50,4 +53,4 @@ def kernel(fn):
 
 def serial(fn):
     """A serial, cached CPU kernel (for work too racy to split)."""
-    return numba.njit(parallel=False, cache=True, fastmath=FASTMATH)(fn)
+    return numba.njit(parallel=False, **OPTIONS)(fn)

@@ -22,9 +22,13 @@ def _rows(a):
     return np.ascontiguousarray(a.reshape(-1, a.shape[-1]))
 
 
-def _heads(a):
-    """(..., T, D) -> contiguous (BH, T, D)."""
-    return np.ascontiguousarray(a.reshape(-1, a.shape[-2], a.shape[-1]))
+def _heads4(a):
+    """(..., T, D) -> (B, H, T, D), a view where the leading dims allow (the kernel takes any strides)."""
+    if a.ndim == 4:
+        return a
+    if a.ndim < 4:
+        return a.reshape((1,) * (4 - a.ndim) + a.shape)
+    return a.reshape((-1,) + a.shape[-3:])
 
 
 def softmax_forward(x):
@@ -84,14 +88,13 @@ def gelu_backward(x, g, approximate):
 
 
 def attention_forward(q, k, v, scale, causal):
-    out, lse = _attn.attention_forward(_heads(q), _heads(k), _heads(v), scale, causal)
+    out, lse = _attn.attention_forward(_heads4(q), _heads4(k), _heads4(v), scale, causal)
     return out.reshape(q.shape[:-1] + v.shape[-1:]), lse.reshape(q.shape[:-1])
 
 
 def attention_backward(q, k, v, out, lse, dout, scale, causal):
-    dq, dk, dv = _attn.attention_backward(_heads(q), _heads(k), _heads(v), _heads(out),
-                                          np.ascontiguousarray(lse.reshape(-1, q.shape[-2])), _heads(dout),
-                                          scale, causal)
+    dq, dk, dv = _attn.attention_backward(_heads4(q), _heads4(k), _heads4(v), _heads4(out),
+                                          lse.reshape(_heads4(q).shape[:-1]), _heads4(dout), scale, causal)
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
 
 
