@@ -63,6 +63,41 @@ def test_diamond_graph():
     np.testing.assert_allclose(x.grad, (6 * 2 * x.numpy() + 3) * 2)
 
 
+
+def test_slices_of_one_tensor_accumulate_in_place_correctly():
+    """q, k, v slices (and an overlapping and an integer-array slice) of one tensor: backward
+    adds the later slices' gradients into the first one's array (GetItem.add_grad_into)."""
+    a = rng.uniform(-1, 1, (2, 3, 9))
+
+    def f(x):
+        h = x * 2
+        q, k, v = h[..., :3], h[..., 3:6], h[..., 6:]
+        return q * k + v.exp() + h[..., 2:5] + h[:, [0, 0, 2], 1:4] * 3
+    assert gradcheck(f, [T(a)])
+    x = T(a)
+    f(x).sum().backward()
+    expect = np.zeros_like(a)
+    expect[..., :3] += 2 * 2 * a[..., 3:6]
+    expect[..., 3:6] += 2 * 2 * a[..., :3]
+    expect[..., 6:] += 2 * np.exp(2 * a[..., 6:])
+    expect[..., 2:5] += 2
+    np.add.at(expect, (slice(None), [0, 0, 2], slice(1, 4)), 6)
+    np.testing.assert_allclose(x.grad, expect, rtol=1e-12)
+
+
+def test_accumulated_gradient_shared_by_two_parents_is_not_modified_in_place():
+    """An accumulated gradient handed to Add's backward goes to both parents as one array;
+    a later gradient for one parent must not change the other's."""
+    p0, q0 = rng.uniform(-1, 1, 4), rng.uniform(-1, 1, 4)
+    p, q = T(p0), T(q0)
+    a, b = p * 3, q * 5
+    h = a + b                                   # d h / d a = d h / d b = the same array
+    loss = (h[:2] * 2).sum() + (h[2:] * 7).sum() + (a * a).sum()
+    loss.backward()
+    gh = np.array([2, 2, 7, 7.0])
+    np.testing.assert_allclose(q.grad, 5 * gh, rtol=1e-12)
+    np.testing.assert_allclose(p.grad, 3 * (gh + 2 * 3 * p0), rtol=1e-12)
+
 def test_gradients_accumulate_across_backward_calls():
     a = rng.standard_normal(5)
     x = T(a)

@@ -61,7 +61,12 @@ class Function:
     """One differentiable op: ``forward(*arrays, **kwargs) -> array`` and ``backward(grad) -> grads``.
 
     ``backward`` returns one gradient (or None) per Tensor input, each of that input's shape.
-    ``self.needs_input_grad`` tells which ones are wanted, so work can be skipped."""
+    ``self.needs_input_grad`` tells which ones are wanted, so work can be skipped.
+
+    An op of one input whose gradient is mostly zeros (indexing, slicing) may also define
+    ``add_grad_into(grad, acc)``: add its input gradient into ``acc``, a gradient array that
+    backward() allocated itself for that input. Three slices q, k, v of one qkv projection
+    then cost one zero-filled array instead of three, plus two full-size additions less."""
 
     __slots__ = ("parents", "needs_input_grad", "__dict__")
 
@@ -266,10 +271,12 @@ class Tensor:
         topo = _toposort(self)
         grads = {id(self): grad}
         stored = set()  # ids of arrays already handed to a leaf's .grad in this pass
+        owned = set()   # ids of gradient arrays this pass allocated: safe to add into in place
         for t in reversed(topo):
             g = grads.pop(id(t), None)
             if g is None:
                 continue
+            owned.discard(id(g))  # what backward returns may alias g: never add into it again
             ctx = t._ctx
             if ctx is None:  # a leaf: accumulate into .grad
                 if t.grad is None:
@@ -284,16 +291,29 @@ class Tensor:
             if ctx.parents is _FREED:
                 raise RuntimeError("backward() through a graph that was already freed by an earlier "
                                    "backward(); pass retain_graph=True to the first call to keep it")
-            in_grads = ctx.backward(g)
-            if not isinstance(in_grads, tuple):
-                in_grads = (in_grads,)
+            prev = grads.get(id(ctx.parents[0])) if len(ctx.parents) == 1 else None
+            if prev is not None and id(prev) in owned and hasattr(ctx, "add_grad_into"):
+                ctx.add_grad_into(g, prev)
+                in_grads = ()
+            else:
+                in_grads = ctx.backward(g)
+                if not isinstance(in_grads, tuple):
+                    in_grads = (in_grads,)
             for p, pg in zip(ctx.parents, in_grads):
                 if pg is None or not p.requires_grad:
                     continue
                 if pg.dtype != p.data.dtype:
                     pg = pg.astype(p.data.dtype)
                 prev = grads.get(id(p))
-                grads[id(p)] = pg if prev is None else prev + pg
+                if prev is None:
+                    grads[id(p)] = pg
+                    if getattr(ctx, "fresh_grads", False):
+                        owned.add(id(pg))
+                elif id(prev) in owned:
+                    prev += pg
+                else:
+                    grads[id(p)] = prev = prev + pg
+                    owned.add(id(prev))
             if not retain_graph:
                 ctx.parents = _FREED
                 ctx.__dict__.clear()

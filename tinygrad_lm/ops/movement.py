@@ -55,20 +55,26 @@ class GetItem(Function):
         except IndexError as e:
             raise IndexError(f"index {index!r} is invalid for a tensor of shape {x.shape}: {e}") from None
 
+    fresh_grads = True   # backward returns a new array: the engine may add later gradients into it
+
     def backward(self, g):
-        xp = xp_of(g)
-        gx = xp.zeros(self.in_shape, dtype=g.dtype)
-        if _is_basic(self.index):
-            gx[self.index] = g
-        else:  # integer-array indices may repeat: accumulate, never overwrite
-            index = self.index
-            if isinstance(index, tuple) and any(i is None or i is Ellipsis for i in index):
-                # mixed with None/Ellipsis: index an arange to learn each output's flat source position
-                pos = xp.arange(gx.size).reshape(self.in_shape)[index]
-                scatter_add(gx.reshape(-1), pos.reshape(-1), g.reshape(-1))
-            else:
-                scatter_add(gx, index, g)
+        gx = xp_of(g).zeros(self.in_shape, dtype=g.dtype)
+        self.add_grad_into(g, gx)
         return gx
+
+    def add_grad_into(self, g, acc):
+        if _is_basic(self.index):
+            acc[self.index] += g
+            return
+        # integer-array indices may repeat: accumulate, never overwrite
+        index = self.index
+        if isinstance(index, tuple) and any(i is None or i is Ellipsis for i in index):
+            # mixed with None/Ellipsis: index an arange to learn each output's flat source position
+            xp = xp_of(acc)
+            pos = xp.arange(acc.size).reshape(self.in_shape)[index]
+            scatter_add(acc, xp.unravel_index(pos.reshape(-1), self.in_shape), g.reshape(-1))
+        else:
+            scatter_add(acc, index, g)
 
 
 class Concatenate(Function):
