@@ -247,6 +247,68 @@ def test_gelu_matches_reference(dtype, approximate, data):
     assert np.isfinite(y_f).all() and np.isfinite(dx_f).all()
 
 
+# ---- vector math (kernels/cpu/_math.py) -----------------------------------------------------------
+
+def _math_kernels():
+    """fexp, ftanh and normal_cdf applied elementwise inside a loop compiled like the kernels."""
+    import numba
+    from tinygrad_lm.kernels.cpu import _jit
+    from tinygrad_lm.kernels.cpu._math import fexp, ftanh, normal_cdf
+    opts = dict(fastmath=_jit.FASTMATH, error_model="numpy")
+
+    @numba.njit(**opts)
+    def run_exp(x):
+        y = np.empty_like(x)
+        for i in range(x.size):
+            y[i] = fexp(x[i])
+        return y
+
+    @numba.njit(**opts)
+    def run_tanh(x):
+        y = np.empty_like(x)
+        for i in range(x.size):
+            y[i] = ftanh(x[i])
+        return y
+
+    @numba.njit(**opts)
+    def run_cdf(x):
+        y = np.empty_like(x)
+        for i in range(x.size):
+            y[i] = normal_cdf(x[i])
+        return y
+    return run_exp, run_tanh, run_cdf
+
+
+def test_float32_vector_math_accuracy():
+    """The float32 exp/tanh/normal CDF against float64 math, over their whole ranges."""
+    run_exp, run_tanh, run_cdf = _math_kernels()
+    specials = np.array([-np.inf, np.inf, np.nan, -1e30, 1e30, 0.0, -0.0, 1e-30, -1e-30], np.float32)
+    x = np.concatenate([np.linspace(-110, 95, 400_001), np.linspace(-1, 1, 100_001)]).astype(np.float32)
+    x64 = x.astype(np.float64)
+
+    def ulps(got, want):  # error in units of float32's spacing at the exact value
+        want32 = want.astype(np.float32)
+        spacing = np.spacing(np.abs(want32)).astype(np.float64)
+        return np.abs(got.astype(np.float64) - want) / spacing
+
+    with np.errstate(over="ignore"):
+        want = np.exp(x64)
+    got = run_exp(x)
+    assert ulps(got[want < 3e38], want[want < 3e38]).max() <= 1.0
+    assert np.isposinf(got[want > 3.5e38]).all()
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.testing.assert_array_equal(run_exp(specials), np.exp(specials.astype(np.float64)).astype(np.float32))
+
+    assert ulps(run_tanh(x), np.tanh(x64)).max() <= 4.0
+    np.testing.assert_array_equal(run_tanh(specials), np.tanh(specials))
+
+    cdf = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in x64])
+    got = run_cdf(x).astype(np.float64)
+    normal = x64 > -13                                  # Phi(-13) ~ 6e-39: still a normal float32
+    assert (np.abs(got[normal] - cdf[normal]) / cdf[normal]).max() < 2e-7
+    np.testing.assert_array_equal(run_cdf(np.array([-np.inf, np.inf, np.nan], np.float32)), [0.0, 1.0, np.nan])
+
+
 # ---- attention -----------------------------------------------------------------------------------
 
 @st.composite
