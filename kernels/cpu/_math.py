@@ -29,6 +29,8 @@ _f32 = np.float32
 _INV_SQRT2 = 0.7071067811865476
 _JIT = dict(inline="always", fastmath={"contract"}, error_model="numpy")
 _OVERLOAD = dict(inline="always", jit_options=dict(fastmath={"contract"}, error_model="numpy"))
+# No conditional expressions (a if c else b) in these bodies: inlined into a kernel's loop they
+# made Numba warn (NumbaIRAssumptionWarning); blends and NaN-propagating min/max instead.
 _LOG2E = _f32(1.4426950408889634)
 # ln 2 split in two (Cody and Waite): k * _LN2_HI is exact for |k| < 2^15, so x - k ln 2 keeps
 # the bits that a single float32 ln 2 would lose.
@@ -53,7 +55,7 @@ def exp32(x):
     """exp of a float32: x = k ln 2 + r with |r| <= ln(2)/2, exp(r) by a degree-7 Taylor
     polynomial (error < 3e-8), times 2^k built from exponent bits (in two factors, so that
     results down to the smallest subnormal come out right)."""
-    xc = min(max(x, _f32(-104.0)), _f32(89.0))       # exp(-104) rounds to 0, exp(89) to inf
+    xc = np.minimum(np.maximum(x, _f32(-104.0)), _f32(89.0))   # exp(-104) rounds to 0, exp(89) to inf; NaN stays
     kf = math.floor(xc * _LOG2E + _f32(0.5))
     k32 = _f32(kf)
     r = (xc - k32 * _LN2_HI) - k32 * _LN2_LO
@@ -61,8 +63,7 @@ def exp32(x):
     p = c[0] + r * (c[1] + r * (c[2] + r * (c[3] + r * (c[4] + r * (c[5] + r * (c[6] + r * c[7]))))))
     k = np.int32(kf)
     h = k >> 1
-    y = p * _f32_from_bits((h + 127) << 23) * _f32_from_bits((k - h + 127) << 23)
-    return y if x == x else x            # NaN in, NaN out
+    return p * _f32_from_bits((h + 127) << 23) * _f32_from_bits((k - h + 127) << 23)   # NaN: p is NaN
 
 
 @intrinsic
@@ -126,10 +127,12 @@ def _ftanh(x):
             # 1 - e cancels, the odd Taylor series to x^7 (next term < 2e-9 relative)
             a = abs(x)
             e = exp32(_f32(-2.0) * a)
-            x2 = a * a
-            small = a * (_f32(1.0) + x2 * (_f32(-1 / 3) + x2 * (_f32(2 / 15) + x2 * _f32(-17 / 315))))
-            t = small if a < _f32(0.125) else (_f32(1.0) - e) / (_f32(1.0) + e)
-            return t if x >= 0 else -t
+            big = (_f32(1.0) - e) / (_f32(1.0) + e)
+            s = np.minimum(a, _f32(0.125))
+            s2 = s * s
+            small = s * (_f32(1.0) + s2 * (_f32(-1 / 3) + s2 * (_f32(2 / 15) + s2 * _f32(-17 / 315))))
+            w = _f32(a < _f32(0.125))
+            return math.copysign(w * small + (_f32(1.0) - w) * big, x)
         return f32
     return lambda x: math.tanh(x)
 
@@ -140,7 +143,7 @@ def _normal_cdf(x):
         def f32(x):
             v = np.float64(x)
             tail = 0.5 * _erfc_nonneg(abs(v) * _INV_SQRT2)                # P(N > |x|)
-            return _f32(1.0 - tail if v >= 0 else tail)
+            return _f32(tail + np.float64(v >= 0) * (1.0 - 2.0 * tail))     # 1 - tail for x >= 0
         return f32
     return lambda x: 0.5 * (1.0 + math.erf(x * _INV_SQRT2))
 
