@@ -246,6 +246,22 @@ def test_backward_frees_saved_arrays():
 
 # ---- deep graphs and memory ---------------------------------------------------------------------
 
+def test_graph_does_not_keep_unneeded_op_outputs_alive():
+    """The graph links ops, not tensors: an op output that no backward needs (here y, which
+    Add does not save) is freed when the caller drops it, and the gradient is still right."""
+    import weakref
+    x = T(rng.uniform(-1, 1, (3, 4)))
+    y = x.exp()
+    z = y + 1.0
+    gone = weakref.ref(z.data)
+    w = (z * 3.0).sum()
+    del z
+    gc.collect()
+    assert gone() is None, "an intermediate array outlived its tensor"
+    w.backward()
+    np.testing.assert_allclose(x.grad, 3 * np.exp(x.numpy()), rtol=1e-12)
+
+
 def test_10000_op_chain_backward_without_recursion_error():
     assert sys.getrecursionlimit() < 10_000  # so a recursive walk would fail here
     x = T(np.array(1.0))
@@ -409,14 +425,15 @@ OPS32 = {
 
 
 def _graph_nodes(out):
-    seen, todo, nodes = set(), [out], []
+    """The recorded ops (Function nodes) reachable from out."""
+    seen, todo, nodes = set(), [out._ctx] if out._ctx is not None else [], []
     while todo:
-        t = todo.pop()
-        if id(t) in seen or t._ctx is None:
+        node = todo.pop()
+        if id(node) in seen or isinstance(node, Tensor):   # Tensors in the graph are leaves/constants
             continue
-        seen.add(id(t))
-        nodes.append(t)
-        todo.extend(t._ctx.parents)
+        seen.add(id(node))
+        nodes.append(node)
+        todo.extend(node.parents)
     return nodes
 
 
@@ -426,11 +443,11 @@ def test_float32_stays_float32_forward_and_backward(name):
     out = OPS32[name](x, p)
     assert out.dtype == np.float32, f"{name}: forward gave {out.dtype}"
     for node in _graph_nodes(out):  # every op's own backward, before the engine casts anything
-        grads = node._ctx.backward(np.ones(node.shape, node.dtype))
+        grads = node.backward(np.ones(node.out_shape, node.out_dtype))
         grads = grads if isinstance(grads, tuple) else (grads,)
-        for parent, g in zip(node._ctx.parents, grads):
-            assert g is None or g.dtype == parent.dtype, \
-                f"{name}: {node._ctx} backward gave {g.dtype} for a {parent.dtype} input"
+        for parent, g in zip(node.parents, grads):
+            dtype = parent.dtype if isinstance(parent, Tensor) else parent.out_dtype
+            assert g is None or g.dtype == dtype, f"{name}: {node} backward gave {g.dtype} for a {dtype} input"
     out.backward(np.ones(out.shape, np.float32))
     for leaf in (x, p):
         assert leaf.grad is None or leaf.grad.dtype == np.float32

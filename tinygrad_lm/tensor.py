@@ -68,7 +68,13 @@ class Function:
     backward() allocated itself for that input. Three slices q, k, v of one qkv projection
     then cost one zero-filled array instead of three, plus two full-size additions less."""
 
-    __slots__ = ("parents", "needs_input_grad", "__dict__")
+    # parents: per input, the Function that made it (its graph node), or the Tensor itself for a
+    # leaf or a constant. The graph holds no intermediate Tensor, so an op output that no backward
+    # needs (a residual branch before its add, say) is freed as soon as the caller drops it, as
+    # in PyTorch (measured: -300 MB at the peak of a small-config GPT step). out_dtype and
+    # out_shape describe this node's output.
+    __slots__ = ("parents", "needs_input_grad", "out_dtype", "out_shape", "__dict__")
+    requires_grad = True  # as a graph node: every recorded op's output requires grad
 
     @classmethod
     def apply(cls, *tensors: "Tensor", **kwargs) -> "Tensor":
@@ -80,7 +86,8 @@ class Function:
         if out.__class__ is not _ndarray and isinstance(out, np.generic):
             out = np.asarray(out)  # NumPy turns 0-d results into scalars; .data stays an array
         if True in needs and _state.grad_enabled:
-            ctx.parents = tensors
+            ctx.parents = tuple([t if t._ctx is None else t._ctx for t in tensors])
+            ctx.out_dtype, ctx.out_shape = out.dtype, out.shape
             return Tensor._wrap(out, True, ctx)
         return Tensor._wrap(out, False)
 
@@ -268,26 +275,27 @@ class Tensor:
                 raise ValueError(f"backward(): grad has shape {grad.shape} but the tensor has shape {self.shape}")
             grad = grad.astype(self.dtype, copy=True)  # our own copy: leaves may keep it as .grad
 
-        topo = _toposort(self)
-        grads = {id(self): grad}
+        root = self if self._ctx is None else self._ctx
+        topo = _toposort(root)
+        grads = {id(root): grad}
         stored = set()  # ids of arrays already handed to a leaf's .grad in this pass
         owned = set()   # ids of gradient arrays this pass allocated: safe to add into in place
-        for t in reversed(topo):
-            g = grads.pop(id(t), None)
+        for node in reversed(topo):
+            g = grads.pop(id(node), None)
             if g is None:
                 continue
             owned.discard(id(g))  # what backward returns may alias g: never add into it again
-            ctx = t._ctx
-            if ctx is None:  # a leaf: accumulate into .grad
-                if t.grad is None:
+            if isinstance(node, Tensor):  # a leaf (Parameter too): accumulate into .grad
+                if node.grad is None:
                     # a leaf owns its .grad: copy views, scalars and arrays another leaf already holds
                     if isinstance(g, np.generic) or g.base is not None or id(g) in stored:
                         g = np.array(g) if isinstance(g, np.generic) else g.copy()
                     stored.add(id(g))
-                    t.grad = g
+                    node.grad = g
                 else:
-                    t.grad += g
+                    node.grad += g
                 continue
+            ctx = node
             if ctx.parents is _FREED:
                 raise RuntimeError("backward() through a graph that was already freed by an earlier "
                                    "backward(); pass retain_graph=True to the first call to keep it")
@@ -302,8 +310,9 @@ class Tensor:
             for p, pg in zip(ctx.parents, in_grads):
                 if pg is None or not p.requires_grad:
                     continue
-                if pg.dtype != p.data.dtype:
-                    pg = pg.astype(p.data.dtype)
+                dtype = p.dtype if isinstance(p, Tensor) else p.out_dtype
+                if pg.dtype != dtype:
+                    pg = pg.astype(dtype)
                 prev = grads.get(id(p))
                 if prev is None:
                     grads[id(p)] = pg
@@ -314,6 +323,9 @@ class Tensor:
                 else:
                     grads[id(p)] = prev = prev + pg
                     owned.add(id(prev))
+            # drop this step's references now: a big gradient held here would stay alive while
+            # the next node's backward allocates its own
+            g = prev = pg = in_grads = None
             if not retain_graph:
                 ctx.parents = _FREED
                 ctx.__dict__.clear()
@@ -670,22 +682,22 @@ def _operands(a: Tensor, b) -> tuple[Tensor, Tensor]:
     return a, b
 
 
-def _toposort(root: Tensor) -> list[Tensor]:
-    """Tensors reachable from root through recorded ops, parents before children (iterative DFS)."""
+def _toposort(root) -> list:
+    """Graph nodes reachable from root (a Function, or a leaf Tensor), parents before children
+    (iterative DFS). Leaves that require grad are nodes too; constants are left out."""
     order, visited = [], set()
     stack = [(root, False)]
     while stack:
-        t, done = stack.pop()
+        node, done = stack.pop()
         if done:
-            order.append(t)
+            order.append(node)
             continue
-        if id(t) in visited:
+        if id(node) in visited:
             continue
-        visited.add(id(t))
-        stack.append((t, True))
-        ctx = t._ctx
-        if ctx is not None and ctx.parents is not _FREED:
-            for p in ctx.parents:
+        visited.add(id(node))
+        stack.append((node, True))
+        if not isinstance(node, Tensor) and node.parents is not _FREED:
+            for p in node.parents:
                 if p.requires_grad and id(p) not in visited:
                     stack.append((p, False))
     return order

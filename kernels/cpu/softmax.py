@@ -1,28 +1,33 @@
-"""Row softmax over the last axis: forward and backward. x, y, g are (N, C) C-contiguous."""
+"""Row softmax over the last axis: forward and backward. x, y, g are (N, C) C-contiguous.
+
+Arithmetic in the input dtype (typed constants: a Python float literal would make it float64),
+and the exp of a row in a loop of its own, so that it vectorizes (kernels/cpu/_math.py)."""
 import math
 
 import numpy as np
 from numba import prange
 
 from ._jit import kernel
+from ._math import fexp, like
 
 
 @kernel
 def softmax_forward(x):
     N, C = x.shape
     y = np.empty_like(x)
+    zero, one, ninf = like(x, 0.0), like(x, 1.0), like(x, -np.inf)
     for i in prange(N):
-        m = -np.inf
+        m = ninf
         for j in range(C):
             m = max(m, x[i, j])
         if not math.isfinite(m):  # a row of -inf gives zeros (as the reference)
-            m = 0.0
-        s = 0.0
+            m = zero
+        s = zero
         for j in range(C):
-            e = math.exp(x[i, j] - m)
+            e = fexp(x[i, j] - m)
             y[i, j] = e
             s += e
-        inv = 1.0 / s if s > 0 else 0.0
+        inv = one / s if s > zero else zero
         for j in range(C):
             y[i, j] *= inv
     return y
@@ -32,8 +37,9 @@ def softmax_forward(x):
 def softmax_backward(y, g):
     N, C = y.shape
     dx = np.empty_like(y)
+    zero = like(y, 0.0)
     for i in prange(N):
-        dot = 0.0
+        dot = zero
         for j in range(C):
             dot += g[i, j] * y[i, j]
         for j in range(C):

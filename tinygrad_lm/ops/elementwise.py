@@ -27,13 +27,17 @@ class Sub(Function):
 
 class Mul(Function):
     def forward(self, a, b):
-        self.a, self.b = a, b
+        na, nb = self.needs_input_grad
+        # keep only what a gradient needs: x * constant holds no reference to x
+        self.a, self.b = (a if nb else None), (b if na else None)
+        self.shapes = a.shape, b.shape
         return a * b
 
     def backward(self, g):  # d(ab) = b da + a db
         a, b = self.a, self.b
         na, nb = self.needs_input_grad
-        return (unbroadcast(g * b, a.shape) if na else None), (unbroadcast(g * a, b.shape) if nb else None)
+        sa, sb = self.shapes
+        return (unbroadcast(g * b, sa) if na else None), (unbroadcast(g * a, sb) if nb else None)
 
 
 class Div(Function):
