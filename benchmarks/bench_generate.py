@@ -101,7 +101,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, tiny shape only")
     ap.add_argument("--blas-threads", type=int, default=1,
-                    help="OpenBLAS threads for NumPy (default 1); 0 leaves it as tinygrad_lm's kernels set it")
+                    help="OpenBLAS threads for NumPy (default 1); 0 leaves it as tinygrad_lm set it (see tinygrad_lm/_threads.py)")
     ap.add_argument("--no-torch", action="store_true", help="leave out the PyTorch peer")
     ap.add_argument("--json", default="benchmarks/results/generate.json")
     args = ap.parse_args(argv)

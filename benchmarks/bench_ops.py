@@ -310,8 +310,8 @@ def main(argv=None):
     ap.add_argument("--only", nargs="+", choices=list(OPS), help="time these ops only")
     ap.add_argument("--blas-threads", type=int, default=1,
                     help="OpenBLAS threads for NumPy (default 1: with the other core busy, 2 threads made the "
-                         "reference attention's matmuls ~10x slower); 0 leaves it as tinygrad_lm's kernels set "
-                         "it (1 unless OPENBLAS_NUM_THREADS is set)")
+                         "reference attention's matmuls ~10x slower); 0 leaves it as tinygrad_lm set it "
+                         "(see tinygrad_lm/_threads.py)")
     ap.add_argument("--no-torch", action="store_true", help="leave out the PyTorch column")
     ap.add_argument("--json", default="benchmarks/results/ops.json")
     args = ap.parse_args(argv)
