@@ -668,9 +668,9 @@ def test_parallel_and_serial_builds_agree(monkeypatch):
     """Kernels run serial below a size threshold and parallel above it: both builds give the
     same results (the parallel norm backward sums per-chunk partials, so allow rounding)."""
     from tinygrad_lm.kernels.cpu import _jit
-    monkeypatch.setattr(_jit, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(_jit, "FORCE_BUILD", "parallel")
     par = _all_kernel_outputs(np.random.default_rng(0))
-    monkeypatch.setattr(_jit, "PARALLEL_MIN_ELEMENTS", 1 << 62)
+    monkeypatch.setattr(_jit, "FORCE_BUILD", "serial")
     ser = _all_kernel_outputs(np.random.default_rng(0))
     for i, (a, b) in enumerate(zip(par, ser)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"output {i}")

@@ -24,7 +24,12 @@ from ._jit import kernel
 from ._math import fexp, like
 
 
-@kernel
+# A query row's work is a pass over up to Tk keys: parallel from ~8k query elements (the tiny
+# GPT's training step, 98k, ran 0.56 ms in parallel vs ~0.9 ms serial; a decode step stays serial).
+PARALLEL_FROM = 1 << 13
+
+
+@kernel(parallel_from=PARALLEL_FROM)
 def attention_forward(q, k, v, scale, causal):
     """-> out (B, H, Tq, Dv) (a view of a (B, Tq, H, Dv) array), lse (B, H, Tq) (-inf for a
     query that sees no key)."""
@@ -99,7 +104,7 @@ def attention_forward(q, k, v, scale, causal):
     return out.transpose(0, 2, 1, 3), lse
 
 
-@kernel
+@kernel(parallel_from=PARALLEL_FROM)
 def attention_backward(q, k, v, out, lse, dout, scale, causal):
     """-> dq, dk, dv as (B, H, T, D) views of (B, T, H, D) arrays.
 
