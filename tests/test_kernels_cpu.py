@@ -352,6 +352,35 @@ def test_attention_matches_reference(dtype, data):
     close(dv_f, dv_r, dtype, s, what="attention dv")
 
 
+@pytest.mark.parametrize("lead", [(5,), (2, 3), (2, 1, 3)])
+def test_attention_any_number_of_leading_dims(lead):
+    """(..., T, D) with 1-3 leading dims (the kernel itself takes (B, H, T, D)), with a tail row."""
+    rng = np.random.default_rng(1)
+    q, k, v, g = (rng.standard_normal(lead + (5, 3)).astype(np.float64) for _ in range(4))
+    fast, ref = pair("attention")
+    (out_f, lse_f), (out_r, lse_r) = run_both(fast.forward, ref.forward, q, k, v, 0.5, True)
+    close(out_f, out_r, np.float64, what="out")
+    close(lse_f, lse_r, np.float64, what="lse")
+    grads = run_both(fast.backward, ref.backward, q, k, v, out_r, lse_r, g, 0.5, True)
+    for name, a, b in zip(("dq", "dk", "dv"), *grads):
+        close(a, b, np.float64, what=name)
+
+
+def test_attention_reads_fused_qkv_views_and_writes_bthd():
+    """The model's layout: q, k, v are (B, H, T, D) views of one (B, T, 3C) projection (read in
+    place), and the output is a view of a (B, T, H, D) array, so the module's transpose +
+    reshape back to (B, T, C) costs no copy."""
+    B, H, T, D = 2, 3, 7, 4
+    qkv = np.random.default_rng(2).standard_normal((B, T, 3 * H * D)).astype(np.float32)
+    q, k, v = (qkv[..., i * H * D:(i + 1) * H * D].reshape(B, T, H, D).transpose(0, 2, 1, 3) for i in range(3))
+    out, lse = FAST["attention"].forward(q, k, v, 0.5, True)
+    ref_out, _ = backend.reference("attention").forward(q, k, v, 0.5, True)
+    close(out, ref_out, np.float32, what="out")
+    assert out.transpose(0, 2, 1, 3).flags.c_contiguous
+    dq, dk, dv = FAST["attention"].backward(q, k, v, out, lse, out * 0 + 1, 0.5, True)
+    assert all(d.transpose(0, 2, 1, 3).flags.c_contiguous for d in (dq, dk, dv))
+
+
 # ---- embedding ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
