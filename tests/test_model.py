@@ -408,6 +408,11 @@ def test_generate_argument_errors():
         model.generate(np.zeros((1, 0), np.int64), 3)
     np.testing.assert_array_equal(model.generate(prompt, 0).data, prompt)
     assert model.generate([5, 6], 2, temperature=0).shape == (1, 4)  # 1-D prompt is one row
+    for bad in (np.array([[1.7, 2.0]]), [1.5, 2.5], np.array([[True, False]])):  # never silently truncated
+        with pytest.raises(TypeError, match="integer token ids.*dtype"):
+            model.generate(bad, 2)
+        with pytest.raises(TypeError, match="integer token ids"):
+            next(model.stream(bad, 2))
 
 
 # ---- GPT-2 architecture: names, shapes, init, sizes ------------------------------------------------

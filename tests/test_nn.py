@@ -510,6 +510,10 @@ def test_attention_shape_errors():
     attn = CausalSelfAttention(8, 2, bias=False)
     assert attn.c_attn.bias is None and attn.c_proj.bias is None
     assert CausalSelfAttention(8, 4, None).n_kv_head == 4
+    with pytest.raises(ValueError, match=r"n_kv_head \(0\) must be >= 1"):   # not silently n_head
+        CausalSelfAttention(8, 4, 0)
+    with pytest.raises(ValueError, match=r"n_head \(0\)"):
+        CausalSelfAttention(8, 0)
 
 
 def test_attention_with_kv_cache_matches_full_pass():

@@ -195,21 +195,21 @@ def test_seeded_sampling_is_reproducible():
     assert any((d != draws[0]).any() for d in draws[1:])
 
 
-@pytest.mark.parametrize("bad", [-1, -0.5, float("nan"), float("inf"), "1", None])
+@pytest.mark.parametrize("bad", [-1, -0.5, float("nan"), float("inf"), "1", None, True, False])
 def test_bad_temperature_raises_naming_it(bad):
     with pytest.raises(ValueError, match="temperature") as e:
         check_sampling_args(bad, None, None)
     assert repr(bad) in str(e.value)
 
 
-@pytest.mark.parametrize("bad", [0, -3, 1.5, 2.0, "3"])
+@pytest.mark.parametrize("bad", [0, -3, 1.5, 2.0, "3", True])
 def test_bad_top_k_raises_naming_it(bad):
     with pytest.raises(ValueError, match="top_k") as e:
         check_sampling_args(1.0, bad, None)
     assert repr(bad) in str(e.value)
 
 
-@pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.0001, 2, float("nan"), "0.5"])
+@pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.0001, 2, float("nan"), "0.5", True])
 def test_bad_top_p_raises_naming_it(bad):
     with pytest.raises(ValueError, match="top_p") as e:
         check_sampling_args(1.0, None, bad)

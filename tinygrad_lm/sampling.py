@@ -11,11 +11,13 @@ import numpy as np
 
 def check_sampling_args(temperature: float, top_k, top_p) -> None:
     """Raise ValueError naming the bad value."""
-    if not (isinstance(temperature, Real) and temperature >= 0 and np.isfinite(temperature)):
+    # bool is a Real and an int in Python: True would silently mean 1
+    if isinstance(temperature, bool) or not (isinstance(temperature, Real) and temperature >= 0
+                                             and np.isfinite(temperature)):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, Real) and 0 < top_p <= 1):
+    if top_p is not None and (isinstance(top_p, bool) or not (isinstance(top_p, Real) and 0 < top_p <= 1)):
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
 

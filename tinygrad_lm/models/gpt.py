@@ -218,7 +218,7 @@ class GPT(Module):
 
         temperature=0 is greedy. stop: a token id or ids; a row that emitted one repeats it and
         generation ends when every row has. seed: a private generator (else the global one)."""
-        prompt = np.array(idx.data if isinstance(idx, Tensor) else idx, dtype=np.int64)
+        prompt = _prompt_ids(idx)
         if prompt.ndim == 1:
             prompt = prompt[None, :]
         steps = list(self._decode(prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache))
@@ -228,6 +228,14 @@ class GPT(Module):
     def stream(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                top_p: float | None = None, seed: int | None = None, stop=None):
         """Yield new token ids (ints) of a single sequence one at a time, as they are sampled."""
-        prompt = np.array(idx.data if isinstance(idx, Tensor) else idx, dtype=np.int64).reshape(1, -1)
+        prompt = _prompt_ids(idx).reshape(1, -1)
         for nxt in self._decode(prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, True):
             yield int(nxt[0])
+
+
+def _prompt_ids(idx) -> np.ndarray:
+    """Token ids as an int64 array; a float or bool prompt is an error, never silently truncated."""
+    arr = np.asarray(backend.to_numpy(idx.data) if isinstance(idx, Tensor) else idx)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"the prompt must hold integer token ids, got dtype {arr.dtype}")
+    return arr.astype(np.int64)

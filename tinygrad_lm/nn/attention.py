@@ -43,7 +43,9 @@ class CausalSelfAttention(Module):
     def __init__(self, n_embd: int, n_head: int, n_kv_head: int | None = None, bias: bool = True,
                  dropout: float = 0.0, rope=None):
         super().__init__()
-        n_kv_head = n_kv_head or n_head
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
+        if n_head < 1 or n_kv_head < 1:
+            raise ValueError(f"n_head ({n_head}) and n_kv_head ({n_kv_head}) must be >= 1")
         if n_embd % n_head:
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
         if n_head % n_kv_head:
