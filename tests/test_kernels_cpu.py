@@ -254,29 +254,16 @@ def _math_kernels():
     import numba
     from tinygrad_lm.kernels.cpu import _jit
     from tinygrad_lm.kernels.cpu._math import fexp, ftanh, normal_cdf
-    opts = dict(fastmath=_jit.FASTMATH, error_model="numpy")
 
-    @numba.njit(**opts)
-    def run_exp(x):
-        y = np.empty_like(x)
-        for i in range(x.size):
-            y[i] = fexp(x[i])
-        return y
-
-    @numba.njit(**opts)
-    def run_tanh(x):
-        y = np.empty_like(x)
-        for i in range(x.size):
-            y[i] = ftanh(x[i])
-        return y
-
-    @numba.njit(**opts)
-    def run_cdf(x):
-        y = np.empty_like(x)
-        for i in range(x.size):
-            y[i] = normal_cdf(x[i])
-        return y
-    return run_exp, run_tanh, run_cdf
+    def elementwise(fn):
+        @numba.njit(fastmath=_jit.FASTMATH, error_model="numpy")
+        def run(x):
+            y = np.empty_like(x)
+            for i in range(x.size):
+                y[i] = fn(x[i])
+            return y
+        return run
+    return elementwise(fexp), elementwise(ftanh), elementwise(normal_cdf)
 
 
 def test_float32_vector_math_accuracy():
@@ -703,3 +690,11 @@ def test_parallel_and_serial_builds_agree(monkeypatch):
     ser = _all_kernel_outputs(np.random.default_rng(0))
     for i, (a, b) in enumerate(zip(par, ser)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"output {i}")
+
+
+def test_blas_idle_timeout_setting_is_read_forgivingly():
+    """OPENBLAS_THREAD_TIMEOUT decides whether the kernels pin BLAS to 1 thread; a value that is
+    not a number must not break `import tinygrad_lm` (OpenBLAS then keeps its default)."""
+    from tinygrad_lm._threads import _short_timeout
+    assert _short_timeout("4") and _short_timeout("8")
+    assert not _short_timeout("28") and not _short_timeout("abc") and not _short_timeout("") and not _short_timeout(None)

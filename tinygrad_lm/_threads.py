@@ -17,4 +17,11 @@ if "numpy" not in sys.modules:
 
 # True when OpenBLAS starts (or likely started) with a short idle timeout; if not, the CPU
 # kernels fall back to one BLAS thread (backend.pin_blas_threads_for_kernels).
-BLAS_SLEEPS_WHEN_IDLE = BLAS_TIMEOUT_VAR in os.environ and int(os.environ[BLAS_TIMEOUT_VAR] or 28) <= 8
+def _short_timeout(value: str | None) -> bool:
+    try:
+        return value is not None and int(value) <= 8
+    except ValueError:  # OpenBLAS's own parser decides what it makes of a bad value; assume the default
+        return False
+
+
+BLAS_SLEEPS_WHEN_IDLE = _short_timeout(os.environ.get(BLAS_TIMEOUT_VAR))

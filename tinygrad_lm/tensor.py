@@ -75,6 +75,7 @@ class Function:
     # out_shape describe this node's output.
     __slots__ = ("parents", "needs_input_grad", "out_dtype", "out_shape", "__dict__")
     requires_grad = True  # as a graph node: every recorded op's output requires grad
+    fresh_grads = False   # True: backward returns new arrays that the engine may add into in place
 
     @classmethod
     def apply(cls, *tensors: "Tensor", **kwargs) -> "Tensor":
@@ -316,7 +317,7 @@ class Tensor:
                 prev = grads.get(id(p))
                 if prev is None:
                     grads[id(p)] = pg
-                    if getattr(ctx, "fresh_grads", False):
+                    if ctx.fresh_grads:
                         owned.add(id(pg))
                 elif id(prev) in owned:
                     prev += pg

@@ -43,11 +43,14 @@ _ERFC_Q = tuple(float(c) for c in (-1.26551223, 1.00002368, 0.37409196, 0.096784
 
 
 @intrinsic
-def _f32_from_bits(typingctx, bits):
-    """The float32 whose IEEE-754 bit pattern is the int32 `bits` (a register move)."""
+def _float_from_bits(typingctx, bits):
+    """The float whose IEEE-754 bit pattern is the integer `bits`, of the same width (int32 ->
+    float32, int64 -> float64): a register move."""
+    out, ir_type = {32: (types.float32, ir.FloatType()), 64: (types.float64, ir.DoubleType())}[bits.bitwidth]
+
     def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.FloatType())
-    return types.float32(types.int32), codegen
+        return builder.bitcast(args[0], ir_type)
+    return out(bits), codegen
 
 
 @njit(**_JIT)
@@ -62,16 +65,8 @@ def exp32(x):
     c = _EXP_TAYLOR
     p = c[0] + r * (c[1] + r * (c[2] + r * (c[3] + r * (c[4] + r * (c[5] + r * (c[6] + r * c[7]))))))
     k = np.int32(kf)
-    h = k >> 1
-    return p * _f32_from_bits((h + 127) << 23) * _f32_from_bits((k - h + 127) << 23)   # NaN: p is NaN
-
-
-@intrinsic
-def _f64_from_bits(typingctx, bits):
-    """The float64 whose IEEE-754 bit pattern is the int64 `bits`."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-    return types.float64(types.int64), codegen
+    h = k >> 1                           # (NaN in: p is NaN, so is the result)
+    return p * _float_from_bits(np.int32((h + 127) << 23)) * _float_from_bits(np.int32((k - h + 127) << 23))
 
 
 @njit(**_JIT)
@@ -83,7 +78,7 @@ def _exp64(x):
     r = (t - kf) * 0.6931471805599453
     p = 1.0 + r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (
         1 / 720 + r * (1 / 5040 + r * (1 / 40320 + r * (1 / 362880)))))))))
-    return p * _f64_from_bits((np.int64(kf) + 1023) << 52)
+    return p * _float_from_bits(np.int64((np.int64(kf) + 1023) << 52))
 
 
 @njit(**_JIT)

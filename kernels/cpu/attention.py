@@ -18,10 +18,30 @@ free instead of a copy."""
 import math
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
-from ._jit import kernel
+from ._jit import OPTIONS, kernel
 from ._math import fexp, like
+
+
+@njit(**OPTIONS)
+def _keys_seen(i, off, Tk, causal):
+    """How many keys query row i sees: j <= i + Tk - Tq when causal (bottom-right aligned)."""
+    return min(Tk, max(0, i + off + 1)) if causal else Tk
+
+
+@njit(**OPTIONS)
+def _pair_dots(x0, x1, rows, n, out0, out1):
+    """out0[j], out1[j] = x0 . rows[j], x1 . rows[j] for j < n (each row loaded once for both)."""
+    zero = like(x0, 0.0)
+    for j in range(n):
+        a0 = zero
+        a1 = zero
+        for d in range(x0.size):
+            a0 += x0[d] * rows[j, d]
+            a1 += x1[d] * rows[j, d]
+        out0[j] = a0
+        out1[j] = a1
 
 
 # A query row's work is a pass over up to Tk keys: parallel from ~8k query elements (the tiny
@@ -42,10 +62,7 @@ def attention_forward(q, k, v, scale, causal):
     sc = like(q, scale)
     for bh in prange(B * H):
         b, h = bh // H, bh % H
-        kh = np.empty((Tk, D), dtype=q.dtype)
-        vh = np.empty((Tk, Dv), dtype=q.dtype)
-        kh[:, :] = k[b, h]
-        vh[:, :] = v[b, h]
+        kh, vh = np.ascontiguousarray(k[b, h]), np.ascontiguousarray(v[b, h])   # (Tk, D), (Tk, Dv)
         q0 = np.empty(D, dtype=q.dtype)                             # scale * q of the pair's rows
         q1 = np.empty(D, dtype=q.dtype)
         s0 = np.empty(Tk, dtype=q.dtype)                            # their scores, then exp
@@ -54,19 +71,11 @@ def attention_forward(q, k, v, scale, causal):
         acc1 = np.empty(Dv, dtype=q.dtype)
         for i0 in range(0, Tq, 2):
             i1 = min(i0 + 1, Tq - 1)                                # == i0: a last unpaired row
-            j0 = min(Tk, max(0, i0 + off + 1)) if causal else Tk    # keys each row sees
-            j1 = min(Tk, max(0, i1 + off + 1)) if causal else Tk
+            j0, j1 = _keys_seen(i0, off, Tk, causal), _keys_seen(i1, off, Tk, causal)
             for d in range(D):
                 q0[d] = q[b, h, i0, d] * sc
                 q1[d] = q[b, h, i1, d] * sc
-            for j in range(j1):
-                a0 = zero
-                a1 = zero
-                for d in range(D):
-                    a0 += q0[d] * kh[j, d]
-                    a1 += q1[d] * kh[j, d]
-                s0[j] = a0
-                s1[j] = a1
+            _pair_dots(q0, q1, kh, j1, s0, s1)
             m0 = ninf
             for j in range(j0):
                 m0 = max(m0, s0[j])
@@ -119,10 +128,7 @@ def attention_backward(q, k, v, out, lse, dout, scale, causal):
     sc = like(q, scale)
     for bh in prange(B * H):
         b, h = bh // H, bh % H
-        kh = np.empty((Tk, D), dtype=q.dtype)
-        vh = np.empty((Tk, Dv), dtype=q.dtype)
-        kh[:, :] = k[b, h]
-        vh[:, :] = v[b, h]
+        kh, vh = np.ascontiguousarray(k[b, h]), np.ascontiguousarray(v[b, h])   # (Tk, D), (Tk, Dv)
         dkh = np.zeros((Tk, D), dtype=q.dtype)                    # sums over query rows
         dvh = np.zeros((Tk, Dv), dtype=q.dtype)
         q0 = np.empty(D, dtype=q.dtype)                            # scale * q of the pair's rows
@@ -137,8 +143,7 @@ def attention_backward(q, k, v, out, lse, dout, scale, causal):
         ds1 = np.empty(Tk, dtype=q.dtype)
         for i0 in range(0, Tq, 2):
             i1 = min(i0 + 1, Tq - 1)
-            j0 = min(Tk, max(0, i0 + off + 1)) if causal else Tk
-            j1 = min(Tk, max(0, i1 + off + 1)) if causal else Tk
+            j0, j1 = _keys_seen(i0, off, Tk, causal), _keys_seen(i1, off, Tk, causal)
             l0, l1 = lse[b, h, i0], lse[b, h, i1]
             # rows that saw no key contribute nothing; an unpaired last row counts once
             ok0 = j0 > 0 and math.isfinite(l0)
@@ -153,18 +158,8 @@ def attention_backward(q, k, v, out, lse, dout, scale, causal):
             for d in range(D):
                 q0[d] = q[b, h, i0, d] * sc
                 q1[d] = q[b, h, i1, d] * sc
-            for j in range(j1):
-                a0 = zero
-                a1 = zero
-                for d in range(D):
-                    a0 += q0[d] * kh[j, d]
-                    a1 += q1[d] * kh[j, d]
-                c0 = zero
-                c1 = zero
-                for d in range(Dv):
-                    c0 += g0[d] * vh[j, d]
-                    c1 += g1[d] * vh[j, d]
-                p0[j], p1[j], ds0[j], ds1[j] = a0, a1, c0, c1
+            _pair_dots(q0, q1, kh, j1, p0, p1)                      # scores
+            _pair_dots(g0, g1, vh, j1, ds0, ds1)                    # dout . v_j
             for j in range(j1):                                    # a loop of its own: vectorized exp
                 e0 = fexp(p0[j] - l0)
                 e1 = fexp(p1[j] - l1)

@@ -93,8 +93,9 @@ def attention_forward(q, k, v, scale, causal):
 
 
 def attention_backward(q, k, v, out, lse, dout, scale, causal):
-    dq, dk, dv = _attn.attention_backward(_heads4(q), _heads4(k), _heads4(v), _heads4(out),
-                                          lse.reshape(_heads4(q).shape[:-1]), _heads4(dout), scale, causal)
+    q4 = _heads4(q)
+    dq, dk, dv = _attn.attention_backward(q4, _heads4(k), _heads4(v), _heads4(out), lse.reshape(q4.shape[:-1]),
+                                          _heads4(dout), scale, causal)
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
 
 

@@ -55,7 +55,7 @@ class GetItem(Function):
         except IndexError as e:
             raise IndexError(f"index {index!r} is invalid for a tensor of shape {x.shape}: {e}") from None
 
-    fresh_grads = True   # backward returns a new array: the engine may add later gradients into it
+    fresh_grads = True   # backward returns a new zeros array: later slices' gradients are added into it
 
     def backward(self, g):
         gx = xp_of(g).zeros(self.in_shape, dtype=g.dtype)
