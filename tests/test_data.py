@@ -115,8 +115,11 @@ def test_cache_dir_from_env_and_default(text_file, tmp_path, monkeypatch):
     data, _ = D.load_dataset(text_file, "byte")
     assert data.cache_path.parent == tmp_path / "from-env" / "tokens"
     monkeypatch.delenv(D.CACHE_ENV_VAR)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert D.default_cache_dir() == tmp_path / "home" / ".cache" / "tinygrad_lm"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert D.default_cache_dir() == tmp_path / "xdg" / "tinygrad_lm"
 
 
 def test_no_stray_temp_files(text_file, cache):

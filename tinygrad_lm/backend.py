@@ -192,7 +192,10 @@ def erf(x):
         x = np.asarray(x)
         if _erf_cpu is None:
             import numba
-            _erf_cpu = numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)(_erf_scalar)
+
+            from .cache import numba_caching
+            with numba_caching() as cache:
+                _erf_cpu = numba.vectorize(["float32(float32)", "float64(float64)"], cache=cache)(_erf_scalar)
         if x.dtype not in (np.float32, np.float64):
             x = x.astype(np.float32)
         return _erf_cpu(x)

@@ -14,7 +14,8 @@ tokenizer), and memory-mapped on later runs. The key hashes the corpus text and
 the tokenizer, so editing the data or changing tokenizer gives a new entry. Both
 files are written to a temp file and renamed into place (json last, as the
 commit marker): an interrupted run never leaves a half-written entry. The cache
-directory is ``cache_dir``, else ``$TINYGRAD_LM_CACHE``, else ``~/.cache/tinygrad_lm``.
+directory is ``cache_dir``, else tinygrad_lm.cache.cache_dir() (``$TINYGRAD_LM_CACHE``, else
+``$XDG_CACHE_HOME/tinygrad_lm``, else ``~/.cache/tinygrad_lm``).
 
 Split. Like nanoGPT: the first 90% of the tokens train, the last 10% validate.
 
@@ -36,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cache as _cache
+from .cache import CACHE_ENV_VAR  # noqa: F401  (re-exported)
 from .tokenizers import Tokenizer, make_tokenizer, token_dtype, tokenizer_from_dict
 from .tokenizers.base import canonical_json
 
@@ -43,7 +46,6 @@ DEFAULT_CORPUS_BYTES = 4_000_000   # "4 MB": ~1M tokens/min of CPU training is p
 DEFAULT_CORPUS_NAME = "python-stdlib"
 DEFAULT_CORPUS_DESCRIPTION = (f"the Python {sys.version_info.major}.{sys.version_info.minor} standard library's "
                               "own *.py source (tests and generated tables excluded), concatenated in sorted path order")
-CACHE_ENV_VAR = "TINYGRAD_LM_CACHE"
 TRAIN_FRACTION = 0.9
 CACHE_FORMAT = 1  # bump when the cached bytes would change for the same text and tokenizer
 
@@ -207,9 +209,8 @@ def default_corpus_text(max_bytes: int | None = DEFAULT_CORPUS_BYTES) -> str:
 # ---------------------------------------------------------------- cache
 
 def default_cache_dir() -> Path:
-    """``$TINYGRAD_LM_CACHE`` if set, else ``~/.cache/tinygrad_lm``."""
-    env = os.environ.get(CACHE_ENV_VAR)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "tinygrad_lm"
+    """``$TINYGRAD_LM_CACHE``, else ``$XDG_CACHE_HOME/tinygrad_lm``, else ``~/.cache/tinygrad_lm``."""
+    return _cache.cache_dir()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

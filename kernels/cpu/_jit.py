@@ -1,6 +1,7 @@
 """The one place that decides how CPU kernels are compiled and launched.
 
-parallel: prange loops over rows/heads. cache: compiled code is reused across processes.
+parallel: prange loops over rows/heads. cache: compiled code is reused across processes; it is
+kept in the user's cache folder (tinygrad_lm.cache), never inside the installed package.
 fastmath: only reassociation/contraction (lets LLVM vectorize sums; changes results at the
 level of float32 rounding), never 'nnan'/'ninf', because -inf masks and NaN checks must work.
 error_model="numpy": a float division by zero gives inf/nan as in the NumPy reference, instead
@@ -19,11 +20,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 import numba  # noqa: E402
 
 from tinygrad_lm.backend import pin_blas_threads_for_kernels  # noqa: E402
+from tinygrad_lm.cache import numba_caching  # noqa: E402
 
 BLAS_PINNED = pin_blas_threads_for_kernels()  # see its docstring: 2 BLAS threads + Numba's team fight
 
 FASTMATH = {"reassoc", "contract", "arcp"}
-OPTIONS = dict(cache=True, fastmath=FASTMATH, error_model="numpy")
+OPTIONS = dict(fastmath=FASTMATH, error_model="numpy")
 # Below this many elements in the first array argument a kernel runs serial. Waking Numba's
 # sleeping thread team costs ~50-100 us: measured at the tiny GPT's shapes, serial builds ran
 # cross-entropy (768 x 65) 160 -> 64 us and layer norm backward (768 x 128) 218 -> 70 us, while
@@ -37,14 +39,14 @@ class SizedKernel:
 
     def __init__(self, fn, parallel_from=None):
         self.parallel_from = PARALLEL_MIN_ELEMENTS if parallel_from is None else parallel_from
-        self.parallel = numba.njit(parallel=True, **OPTIONS)(fn)
+        self.parallel = _njit(fn, parallel=True)
         # a separate function object with its own qualified name, so the two builds get separate
         # cache entries (one function jitted twice shares one cache entry)
         twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__,
                                   fn.__closure__)
         twin.__qualname__ = fn.__qualname__ + "_serial"
         twin.__module__ = fn.__module__
-        self.serial = numba.njit(parallel=False, **OPTIONS)(twin)
+        self.serial = _njit(twin, parallel=False)
         self.__name__, self.__doc__, self.__wrapped__ = fn.__name__, fn.__doc__, fn
 
     def __call__(self, *args):
@@ -65,4 +67,9 @@ def kernel(fn=None, *, parallel_from=None):
 
 def serial(fn):
     """A serial, cached CPU kernel (for work too racy to split)."""
-    return numba.njit(parallel=False, **OPTIONS)(fn)
+    return _njit(fn, parallel=False)
+
+
+def _njit(fn, parallel: bool):
+    with numba_caching() as cache:  # the cache folder is fixed when a function is decorated
+        return numba.njit(parallel=parallel, cache=cache, **OPTIONS)(fn)
