@@ -1,12 +1,14 @@
-"""Benchmarks for tinygrad_lm (run as modules: ``python -m benchmarks.bench_engine``); see RESULTS.md.
+"""Benchmarks for tinygrad_lm (run as modules: ``python -m benchmarks.bench_train``); see README.md.
 
-Thread settings shared by every script, made here because this runs before any script imports
-NumPy, Numba or torch (their thread pools read them once, at start-up); a user's own settings win:
-- OMP_WAIT_POLICY=passive: idle OpenMP threads (Numba's team, torch's) sleep instead of spinning;
-  with active waiting, on a loaded 2-core machine a tiny-config torch step went from ~0.1 s to ~2 s.
-- OPENBLAS_THREAD_TIMEOUT (tinygrad_lm._threads): idle OpenBLAS threads sleep too."""
+This package sets nothing for anyone: a peer (PyTorch, ...) must run with its users' defaults,
+and tinygrad_lm with the settings it makes for itself when imported, as its README says to use it
+(see benchmarks/peers.py). What happens here is only a copy of the environment the user started
+the benchmark with, taken before tinygrad_lm can add its own settings to this process
+(OPENBLAS_THREAD_TIMEOUT, OMP_WAIT_POLICY): the worker processes start from that copy."""
 import os
+import sys
 
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-
-import tinygrad_lm._threads  # noqa: E402,F401  (before NumPy loads OpenBLAS)
+USER_ENV = dict(os.environ)
+# False when tinygrad_lm was imported before this package (a test, an interactive session): the
+# copy may then hold tinygrad_lm's settings, and benchmarks.peers drops every variable it might have set.
+USER_ENV_IS_CLEAN = "tinygrad_lm" not in sys.modules

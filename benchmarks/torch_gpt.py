@@ -173,16 +173,21 @@ if torch is not None:
 
 def from_tinygrad(model):
     """A torch_gpt.GPT with the same config and the same weights (copied by state_dict name)."""
+    return from_state_dict(model.config, model.state_dict())
+
+
+def from_state_dict(config, arrays: dict):
+    """A torch_gpt.GPT of ``config`` (tinygrad_lm's GPTConfig, or any object with its fields)
+    holding ``arrays`` (state_dict name -> NumPy array, e.g. a tinygrad_lm GPT's state_dict)."""
     if torch is None:
         raise RuntimeError(torch_or_none()[1])
-    peer = GPT(model.config)
-    ours = model.state_dict()
+    peer = GPT(config)
     theirs = peer.state_dict()
-    if set(ours) != set(theirs):
-        raise ValueError(f"state_dict names differ: only tinygrad_lm {sorted(set(ours) - set(theirs))}, "
-                         f"only torch {sorted(set(theirs) - set(ours))}")
+    if set(arrays) != set(theirs):
+        raise ValueError(f"state_dict names differ: only tinygrad_lm {sorted(set(arrays) - set(theirs))}, "
+                         f"only torch {sorted(set(theirs) - set(arrays))}")
     with torch.no_grad():
-        for name, value in ours.items():
+        for name, value in arrays.items():
             if tuple(theirs[name].shape) != value.shape:
                 raise ValueError(f"{name}: shape {value.shape} here, {tuple(theirs[name].shape)} in torch")
             theirs[name].copy_(torch.from_numpy(np.ascontiguousarray(value)))  # tied weights are copied twice (same value)
