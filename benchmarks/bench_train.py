@@ -1,452 +1,269 @@
-"""Training step: tinygrad_lm (fast and reference kernels) against PyTorch CPU eager, same model.
+"""Training step: tinygrad_lm against PyTorch CPU eager, each in its own process as its users run it.
 
-    python -m benchmarks.bench_train [--config tiny|small|both] [--quick] [--no-torch] [--no-memory]
-                                     [--every-candidate] [--json PATH]
+    python -m benchmarks.bench_train [--config tiny|small|both] [--diagnostics] [--no-torch]
+                                     [--no-memory] [--no-peak] [--no-lockstep] [--json PATH]
+                                     [--rounds N] [--steps N] [--warmup N]   (smoke runs only)
 
-One step = forward + cross-entropy + backward + clip_grad_norm(1.0) + AdamW step + zero_grad,
-of the GPT-2 architecture (learned positions, LayerNorm, exact GELU, tied weights) on the two
-configs of the issue:
+One step = forward + cross-entropy + backward + clip_grad_norm(1.0) + AdamW + zero_grad of the
+GPT-2 architecture (learned positions, LayerNorm, exact GELU, tied weights), on the configs of
+benchmarks/workload.py:
 
-    tiny:  n_layer 4, n_head 4, n_embd 128, block 64,  batch 12   (nanoGPT's shakespeare-char CPU config)
-    small: n_layer 6, n_head 6, n_embd 384, block 256, batch 64   (nanoGPT's shakespeare-char GPU config)
+    tiny:  n_layer 4, n_head 4, n_embd 128, block 64,  batch 12
+    small: n_layer 6, n_head 6, n_embd 384, block 256, batch 64
 
-Every candidate starts from the same weights (a tinygrad_lm GPT copied into the PyTorch peer,
-benchmarks/torch_gpt.py, by state_dict name) and steps on the same batch. The warm-up steps
-are the self-check, printed before timing: the first loss of every candidate (the shared
-initial weights) must agree to ~1e-5, and on tiny the second (after one update) is printed
-too. After timing, every candidate has made the same number of steps, so their last losses
-agree as well (printed under the table).
+The method (benchmarks/peers.py, benchmarks/README.md): every round starts a fresh process per
+side, alternating tinygrad_lm, torch, tinygrad_lm, torch, ... (tiny: 5 rounds of 3 warm-up + 20
+timed steps; small: 2 rounds of 1 + 3). tinygrad_lm's process starts with ``import tinygrad_lm``
+and the user's environment; torch's with ``import torch``, its default threads and the user's
+environment, and never loads tinygrad_lm. Both start from the same weights (an .npz written here
+from a seeded tinygrad_lm GPT) and step on the same batch; their first losses are compared.
+Warm-up steps are excluded. Reported per side: the median step time over all timed steps of all
+rounds, the spread (range of the per-round medians), tokens/s, model FLOPs utilisation, and the
+ratio tinygrad_lm / torch (< 1: tinygrad_lm faster).
 
-Candidates (alternated A B C ..., reversed every other repeat; tiny: 2 warm-up steps and 21
-repeats, small: 1 and 3; --quick: 5 and 1):
+MFU = ``flops_per_token * tokens / step time`` (nanoGPT/PaLM's estimate at full context) over the
+float32 matmul peak measured in this run: 2048^3 np.matmul in tinygrad_lm's process and
+torch.matmul in torch's, each side's own environment, alternated like the steps. Shown against
+the side's own library's peak and against NumPy's.
 
-    tinygrad fast BLAS 1 / 2       fast Numba kernels, OpenBLAS with 1 or 2 threads
-    tinygrad reference BLAS 1 / 2  the readable reference ops (small: BLAS 1 only)
-    torch default / 1 thread       torch.set_num_threads(default, 2 here) or 1 (small: default
-                                   only); torch.optim.AdamW, torch.nn.utils.clip_grad_norm_
-    --every-candidate runs the whole grid on small too (each extra candidate costs ~10-20 s a step).
+--diagnostics adds variants, labelled diagnostic and never the headline: torch with
+OMP_NUM_THREADS=1 and with OMP_WAIT_POLICY=passive, tinygrad_lm with OPENBLAS_NUM_THREADS=1 and
+with its reference kernels.
 
-Each candidate's thread settings are applied right before each of its samples (OpenBLAS's
-thread count at run time, Numba's threads, torch's threads: Numba and torch may share one
-OpenMP runtime). OMP_WAIT_POLICY defaults to passive and OpenBLAS's idle threads sleep
-(benchmarks/__init__.py, set before anything loads).
+Memory (--no-memory skips it): small-config steps (2), each framework in its own process with
+its own defaults, in bytes over a baseline taken after one tiny step (benchmarks.peers.peak_memory).
 
-Reported: median ms/step, tokens/s, the ratio tinygrad / torch (default threads; median of
-paired ratios, < 1 means tinygrad_lm is faster), and model FLOPs utilisation: achieved FLOP/s
-(``model.flops_per_token() * tokens / time``, the nanoGPT/PaLM estimate at full context)
-divided by the float32 matmul peak measured in the same run (np.matmul and torch.matmul of
-2048 x 2048, each at 1 and 2 threads). Two MFU columns: against the best peak measured on
-this machine, and against its own library's peak at its own thread setting.
+Lockstep correctness (--no-lockstep skips it; not a timing, so both run in this process): the
+same weights, then 20 steps on the same sequence of batches; the losses must agree to 1e-5.
 
-Memory: small-config steps (2; --quick: 1) of each framework (tinygrad_lm fast, reference,
-torch) in its own subprocess, in bytes over the baseline taken after imports and one
-tiny-config step (so the libraries' code, JIT kernels and thread pools are in): the peak resident set
-(VmHWM of /proc/self/status, reset to the current RSS at the baseline through clear_refs), the
-ru_maxrss difference (resource.getrusage; Linux carries ru_maxrss over from the parent through
-fork+exec, so it reads +0 when the benchmark process was bigger, and is then flagged), and the
-resident set kept after the steps (glibc keeps freed memory: see tinygrad_lm.backend). The
-floor is parameters + gradients + two AdamW moments.
-
---quick: fewer repeats, for a smoke run (numbers are noise on a loaded machine).
+--rounds/--steps/--warmup below the method's numbers make a smoke run: the output and the JSON
+say so, and its numbers are not results.
 """
 from __future__ import annotations
 
-import os
-
 import argparse
-import gc
-import json
-import resource
-import subprocess
-import sys
-import time
+import dataclasses
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
-import tinygrad_lm as tg
-from tinygrad_lm.models import GPT, GPTConfig
-from tinygrad_lm.optim import clip_grad_norm
+from . import peers
+from .common import format_table, machine_info, write_json
+from .peers import Side
+from .workload import CLIP, CONFIGS, OPT, batch, model_fields
 
-from .common import blas_threads, format_table, interleaved, paired_ratio, set_blas_threads, write_json
-
-
-def torch_or_none():
-    """(torch, None) or (None, why not); imports torch_gpt (and torch) only when asked, so the
-    tinygrad_lm memory subprocess never loads torch."""
-    from .torch_gpt import torch_or_none as probe
-    return probe()
-
-CONFIGS = {
-    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch=12),
-    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch=64),
-}
-VOCAB = 65
-OPT = dict(weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.99))   # nanoGPT's shakespeare-char settings
-CLIP = 1.0
-# (repeats, warm-up steps) per config: small-config steps take seconds (PyTorch ~7 s on these machines)
-# Timed repeats per candidate, after the warm-up steps (which are the self-check). A small-config
-# step takes seconds to tens of seconds (PyTorch ~7 s on a quiet machine), so few repeats there.
-REPEATS = {"tiny": 21, "small": 3}
-QUICK_REPEATS = {"tiny": 5, "small": 1}
-WARMUP = {"tiny": 2, "small": 1}
-MEMORY_STEPS = 2   # the second step has the AdamW moments allocated (the steady state); --quick: 1
-PEAK_N = 2048
+OURS = Side("tinygrad_lm", "benchmarks.side_tinygrad")
+TORCH = Side("torch", "benchmarks.side_torch")
+DIAGNOSTICS = [
+    Side("tinygrad_lm OPENBLAS_NUM_THREADS=1", OURS.worker, env={"OPENBLAS_NUM_THREADS": "1"}, diagnostic=True),
+    Side("tinygrad_lm reference kernels", OURS.worker, env={"TINYGRAD_LM_KERNELS": "reference"}, diagnostic=True),
+    Side("torch OMP_NUM_THREADS=1", TORCH.worker, env={"OMP_NUM_THREADS": "1"}, diagnostic=True),
+    Side("torch OMP_WAIT_POLICY=passive", TORCH.worker, env={"OMP_WAIT_POLICY": "passive"}, diagnostic=True),
+]
+# The method's numbers: a small step takes seconds (PyTorch ~7-9 s on these machines), so fewer there.
+ROUNDS = {"tiny": 5, "small": 2}
+MIN_ROUNDS = {"tiny": 3, "small": 2}
+STEPS = {"tiny": 20, "small": 3}
+WARMUP = {"tiny": 3, "small": 1}
+PEAK = dict(n=2048, warmup=1, repeats=5)
+PEAK_ROUNDS = 3
+MEMORY_STEPS = 2        # the second step has the AdamW moments allocated (the steady state)
+LOCKSTEP_STEPS = 20
+LOCKSTEP_TOL = 1e-5
 
 
-def peak_label(lib: str, n: int) -> str:
-    return f"{lib} {n} thread{'s' if n > 1 else ''}"
+def close(a: float, b: float, tol: float = LOCKSTEP_TOL) -> bool:
+    return abs(a - b) <= tol * max(1.0, abs(b))
 
 
-def gpt_config(cfg) -> GPTConfig:
-    return GPTConfig(vocab_size=VOCAB, n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
-                     block_size=cfg["block_size"], dropout=0.0, bias=True)
+# ---- shared initial weights ---------------------------------------------------------------------
+
+def write_weights(folder: Path, name: str) -> tuple[str, dict]:
+    """(path of an .npz of a seeded tinygrad_lm GPT's state_dict, model facts) for config ``name``."""
+    from .side_tinygrad import build
+    model = build(model_fields(CONFIGS[name]))
+    path = folder / f"{name}.npz"
+    np.savez(path, **model.state_dict())
+    tokens = CONFIGS[name]["batch"] * CONFIGS[name]["block_size"]
+    facts = {"num_params": model.num_params(), "flops_per_token": model.flops_per_token(),
+             "tokens_per_step": tokens, "flops_per_step": model.flops_per_token() * tokens}
+    return str(path), facts
 
 
-def batch(cfg, seed=0):
-    rng = np.random.default_rng(seed)
-    shape = (cfg["batch"], cfg["block_size"])
-    return rng.integers(0, VOCAB, shape).astype(np.int64), rng.integers(0, VOCAB, shape).astype(np.int64)
+# ---- the measurements ---------------------------------------------------------------------------
 
-
-# ---- thread settings ---------------------------------------------------------------------------
-
-class Threads:
-    """Applies one candidate's thread settings (cheap: called before every sample)."""
-
-    def __init__(self, torch, blas=None, torch_threads=None):
-        import numba
-        self.numba, self.numba_threads = numba, numba.config.NUMBA_NUM_THREADS
-        self.torch, self.blas, self.torch_threads = torch, blas, torch_threads
-
-    def apply(self):
-        if self.blas is not None:
-            set_blas_threads(self.blas)
-        self.numba.set_num_threads(self.numba_threads)
-        if self.torch is not None and self.torch_threads is not None:
-            self.torch.set_num_threads(self.torch_threads)
-
-    def describe(self) -> dict:
-        d = {"numba_threads": self.numba_threads}
-        if self.blas is not None:
-            d["openblas_threads"] = self.blas
-        if self.torch_threads is not None:
-            d["torch_threads"] = self.torch_threads
-        return d
-
-
-# ---- the two frameworks' steps -------------------------------------------------------------------
-
-def tinygrad_runner(cfg, mode: str):
-    """(step() -> loss, model) for a fresh tinygrad_lm GPT (seeded: same weights every time)."""
-    tg.manual_seed(0)
-    model = GPT(gpt_config(cfg)).train()
-    opt = model.configure_optimizers(**OPT)
-    x, y = batch(cfg)
-
-    def step():
-        with tg.use_kernels(mode):
-            _, loss = model(x, y)
-            loss.backward()
-            clip_grad_norm(model.parameters(), CLIP)
-            opt.step()
-            opt.zero_grad()
-        return float(loss.data)
-    return step, model
-
-
-def torch_runner(cfg, torch):
-    from .torch_gpt import from_tinygrad
-    tg.manual_seed(0)
-    peer = from_tinygrad(GPT(gpt_config(cfg))).train()
-    opt = peer.configure_optimizers(**OPT)
-    x, y = (torch.from_numpy(a) for a in batch(cfg))
-
-    def step():
-        _, loss = peer(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(peer.parameters(), CLIP)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return float(loss.detach())
-    return step, peer
-
-
-# ---- matmul peak -------------------------------------------------------------------------------
-
-def matmul_peaks(torch, repeats) -> dict:
-    """GFLOP/s of a float32 (2048, 2048) @ (2048, 2048) for NumPy and torch at 1 and 2 threads."""
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((PEAK_N, PEAK_N)).astype(np.float32) for _ in range(2))
-    cases = {}
-    for n in (1, 2):
-        th = Threads(torch, blas=n)
-        cases[peak_label("numpy", n)] = lambda th=th: (th.apply(), np.matmul(a, b))
-        if torch is not None:
-            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-            tth = Threads(torch, torch_threads=n)
-            cases[peak_label("torch", n)] = lambda th=tth: (th.apply(), torch.matmul(ta, tb))
-    stats = interleaved(cases, repeats=repeats, warmup=1, number=1)
-    flops = 2 * PEAK_N ** 3
-    return {k: {"gflops": flops / s.median, "stats": s} for k, s in stats.items()}
-
-
-# ---- timing ------------------------------------------------------------------------------------
-
-TORCH_DEFAULT_THREADS = None   # torch.get_num_threads() at start-up (main sets it before anything changes it)
-
-
-def candidates(name, cfg, torch, every: bool):
-    """name -> (Threads, step, framework, thread count) of every candidate for one config.
-
-    The small config leaves out reference kernels with 2 BLAS threads and torch with 1 thread
-    (each costs ~10-20 s a step) unless `every`."""
-    torch_default = TORCH_DEFAULT_THREADS
-    full_grid = every or name == "tiny"
+def matmul_peaks(sides: list[Side], rounds: int) -> dict:
+    """label -> GFLOP/s of a float32 2048^3 matmul in that side's own process, alternated."""
+    print(f"\nfloat32 matmul peak ({PEAK['n']}^3), each library in its own process, {rounds} round(s) of "
+          f"{PEAK['warmup']} warm-up + {PEAK['repeats']} timed:", flush=True)
+    runs = peers.alternate(sides, "matmul_peak", PEAK, rounds)
+    flops = 2 * PEAK["n"] ** 3
     out = {}
-    for mode, blas_list in (("fast", (1, 2)), ("reference", (1, 2) if full_grid else (1,))):
-        for n in blas_list:
-            step, _ = tinygrad_runner(cfg, mode)
-            out[f"tinygrad {mode} BLAS {n}"] = (Threads(torch, blas=n), step, "numpy", n)
-    if torch is not None:
-        for n in sorted({torch_default, 1} if full_grid else {torch_default}, reverse=True):
-            step, _ = torch_runner(cfg, torch)
-            label = peak_label("torch", n) + (" (default)" if n == torch_default else "")
-            out[label] = (Threads(torch, torch_threads=n), step, "torch", n)
+    for label, rs in runs.items():
+        s = peers.summarise(rs)
+        out[label] = {"gflops": flops / s["median_s"] / 1e9, "summary": s, "runs": rs}
+        print(f"  {label}: {out[label]['gflops']:.0f} GFLOP/s (round medians "
+              f"{', '.join(f'{flops / m / 1e9:.0f}' for m in s['round_medians_s'])})")
     return out
 
 
-def time_config(name, cfg, torch, quick, peaks, every=False):
-    repeats, warmup = (QUICK_REPEATS if quick else REPEATS)[name], WARMUP[name]
-    cands = candidates(name, cfg, torch, every)
-    losses = {k: [] for k in cands}
-
-    def make(label, th, step):
-        def run():
-            th.apply()
-            losses[label].append(step())
-        return run
-    runs = {k: make(k, th, step) for k, (th, step, _, _) in cands.items()}
-    # Warm-up = the self-check: the first loss of every candidate is at the shared initial
-    # weights (must agree to ~1e-5); a second warm-up step shows the loss after one update.
-    warm_s = {k: [] for k in runs}
-    for _ in range(warmup):
-        for k, run in runs.items():
-            t0 = time.perf_counter()
-            run()
-            warm_s[k].append(time.perf_counter() - t0)
-    check = {k: v[:warmup] for k, v in losses.items()}
-    ref = next(iter(check.values()))
-    for k, ls in check.items():
-        ok = abs(ls[0] - ref[0]) <= 1e-5 * max(1.0, abs(ref[0]))
-        after = f", after one step {ls[1]:.6f} (|diff| {abs(ls[1] - ref[1]):.1e})" if warmup > 1 else ""
-        print(f"  self-check {name} {k:32s} loss {ls[0]:.6f} (|diff| {abs(ls[0] - ref[0]):.1e}) "
-              f"[{'ok' if ok else 'MISMATCH'}]{after}; warm-up step {1e3 * warm_s[k][-1]:.0f} ms", flush=True)
-    stats = interleaved(runs, repeats=repeats, warmup=0, number=1)
-    model = GPT(gpt_config(cfg))
-    tokens = cfg["batch"] * cfg["block_size"]
-    flops_per_step = model.flops_per_token() * tokens
-    best_peak = max(p["gflops"] for p in peaks.values()) * 1e9
-    torch_ref = next((k for k in cands if k.startswith("torch") and "default" in k), None)
-    rows = []
-    for label, (th, _, lib, n) in cands.items():
-        s = stats[label]
-        secs = s.median / 1e9
-        own = peaks.get(peak_label(lib, n), {}).get("gflops")
-        rows.append({
-            "config": name, "candidate": label, "threads": th.describe(), "stats": s,
-            "ms_per_step": secs * 1e3, "tokens_per_s": tokens / secs,
-            "vs_torch": paired_ratio(s, stats[torch_ref]) if torch_ref else None,
-            "achieved_gflops": flops_per_step / secs / 1e9,
-            "mfu_vs_best_peak": flops_per_step / secs / best_peak,
-            "mfu_vs_own_peak": flops_per_step / secs / (own * 1e9) if own else None,
-            "first_losses": check[label], "last_loss": losses[label][-1], "steps": len(losses[label]),
-            "warmup_seconds": warm_s[label],
-        })
-    info = {"repeats": repeats, "warmup_steps": warmup, "tokens_per_step": tokens,
-            "flops_per_token": model.flops_per_token(), "flops_per_step": flops_per_step,
-            "num_params": model.num_params(), "torch_reference": torch_ref}
-    return rows, info
+def time_config(name: str, sides: list[Side], weights: str, facts: dict, plan: dict, peaks: dict) -> dict:
+    """Alternated rounds of training steps for one config; per-side summaries, ratios and MFU."""
+    args = {"config": name, "fields": model_fields(CONFIGS[name]), "weights": weights,
+            "warmup": plan["warmup"], "steps": plan["steps"]}
+    print(f"\n{name}: {plan['rounds']} round(s), each side in a fresh process: {plan['warmup']} warm-up "
+          f"step(s) (excluded), then {plan['steps']} timed", flush=True)
+    runs = peers.alternate(sides, "train", args, plan["rounds"])
+    first = {label: [r["losses"][0] for r in rs] for label, rs in runs.items()}
+    ref = first[OURS.label][0]
+    for label, losses in first.items():
+        ok = all(close(x, ref) for x in losses)
+        print(f"  first loss (same weights, same batch) {label:34s} {losses[0]:.6f} [{'ok' if ok else 'MISMATCH'}]")
+    summaries = {label: peers.summarise(rs) for label, rs in runs.items()}
+    numpy_peak = peaks.get(OURS.label, {}).get("gflops")
+    rows = {}
+    for side in sides:
+        s = summaries[side.label]
+        own_peak = peaks.get(OURS.label if side.worker == OURS.worker else TORCH.label, {}).get("gflops")
+        gflops = facts["flops_per_step"] / s["median_s"] / 1e9
+        rows[side.label] = {
+            "diagnostic": side.diagnostic, "summary": s, "ms_per_step": s["median_s"] * 1e3,
+            "tokens_per_s": facts["tokens_per_step"] / s["median_s"], "achieved_gflops": gflops,
+            "mfu_own_peak": gflops / own_peak if own_peak else None,
+            "mfu_numpy_peak": gflops / numpy_peak if numpy_peak else None,
+            "vs_torch": peers.ratio(s, summaries[TORCH.label]) if TORCH.label in summaries else None,
+            "first_losses": first[side.label], "runs": runs[side.label]}
+    return rows
 
 
-# ---- memory (each framework in its own process) ------------------------------------------------
-
-def _status_kib(field: str) -> int:
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in KiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak() -> bool:
-    """Reset this process's VmHWM to its current RSS (Linux >= 4.0: echo 5 > clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+def measure_memory(sides: list[Side], config: str, steps: int) -> dict:
+    print(f"\nMemory of {steps} {config}-config training step(s), each framework in its own process with its "
+          f"defaults, over the baseline after one tiny step:", flush=True)
+    runs = peers.alternate(sides, "memory", {"config": config, "steps": steps}, rounds=1, log=None)
+    out = {}
+    for label, (r,) in runs.items():
+        out[label] = r
+        ru = "n/a (carried over from the parent)" if r["ru_maxrss_inherited"] else "+" + _mib(r["peak_ru_maxrss"])
+        print(f"  {label:12s} peak RSS +{_mib(r['peak_rss'])} (VmHWM), ru_maxrss {ru}, "
+              f"RSS kept after the steps +{_mib(r['rss_after'])} ({r['seconds']:.1f} s)")
+    return out
 
 
-def memory_worker(framework: str, config: str, steps: int):
-    """Run in a subprocess: imports and one tiny-config step (libraries load code, JIT kernels,
-    thread pools), baseline, `steps` training steps of `config`, print a JSON line.
-
-    Two measurements, in bytes over the baseline taken after imports:
-    - peak_rss: VmHWM (the peak resident set) after the steps, reset to the current RSS at the
-      baseline, minus the baseline RSS;
-    - peak_ru_maxrss: resource.getrusage ru_maxrss after the steps minus ru_maxrss at the
-      baseline. Linux carries ru_maxrss over from the parent across fork+exec, so when the
-      parent was bigger this reads 0 (flagged by ru_maxrss_inherited).
-    rss_after: the resident set after the steps minus the baseline (what the process keeps)."""
-    torch = None
-    if framework == "torch":
-        torch, note = torch_or_none()
-        if torch is None:
-            print(json.dumps({"error": note}))
-            return
-    else:
-        from tinygrad_lm import backend
-        backend.fast_table("cpu")  # Numba and the kernels: imports, not the step
-    make_runner = (lambda c: torch_runner(c, torch)[0]) if torch is not None else \
-        (lambda c: tinygrad_runner(c, framework.split()[-1])[0])
-    make_runner(CONFIGS["tiny"])()   # one tiny step first: libraries load their code and kernels
-    gc.collect()
-    base_ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
-    reset = _reset_peak()
-    base_rss = _status_kib("VmRSS") * 1024
-    step = make_runner(CONFIGS[config])
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    secs = time.perf_counter() - t0
-    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak_rss": _status_kib("VmHWM") * 1024 - base_rss if reset else None,
-                      "peak_ru_maxrss": ru - base_ru, "ru_maxrss_inherited": base_ru > base_rss and ru == base_ru,
-                      "rss_after": _status_kib("VmRSS") * 1024 - base_rss, "baseline_rss": base_rss,
-                      "steps": steps, "seconds": secs}))
-
-
-def _mib(b):
+def _mib(b) -> str:
     return "-" if b is None else f"{b / 2**20:.0f} MiB"
 
 
-def measure_memory(config, torch_available, steps) -> dict:
-    frameworks = ["tinygrad fast", "tinygrad reference"] + (["torch"] if torch_available else [])
+def lockstep(name: str, weights: str, steps: int) -> dict:
+    """Both frameworks from the same weights through the same batches, in this process (not a
+    timing): the largest loss difference over ``steps`` steps."""
+    from . import side_tinygrad, side_torch
+    fields = model_fields(CONFIGS[name])
+    ours = side_tinygrad.make_train_step(side_tinygrad.build(fields, weights))
+    theirs = side_torch.make_train_step(side_torch.build(fields, weights))
+    pairs = [(ours(*b), theirs(*b)) for b in (batch(CONFIGS[name], seed=i) for i in range(steps))]
+    worst = max(abs(a - b) for a, b in pairs)
+    ok = all(close(a, b) for a, b in pairs)
+    print(f"\nlockstep {name} (same weights, same {steps} batches, one process, not timed): losses "
+          f"{pairs[0][0]:.6f} -> {pairs[-1][0]:.6f}, largest |tinygrad_lm - torch| {worst:.1e} "
+          f"[{'ok' if ok else 'MISMATCH'}: tolerance {LOCKSTEP_TOL:g}]")
+    return {"config": name, "steps": steps, "losses": pairs, "max_abs_diff": worst, "ok": ok, "tolerance": LOCKSTEP_TOL}
+
+
+# ---- report -------------------------------------------------------------------------------------
+
+def print_table(results: dict, has_torch: bool) -> None:
+    headers = ["config", "side", "ms/step", "round medians", "tokens/s", "GFLOP/s", "MFU own peak", "MFU NumPy peak"]
+    if has_torch:
+        headers.append("time / torch (per round)")
+    table = []
+    for name, rows in results.items():
+        for label, r in sorted(rows.items(), key=lambda kv: kv[1]["diagnostic"]):   # headline first
+            s = r["summary"]
+            row = [name, label + (" (diagnostic)" if r["diagnostic"] else ""), r["ms_per_step"],
+                   " / ".join(f"{m * 1e3:.1f}" for m in s["round_medians_s"]), r["tokens_per_s"], r["achieved_gflops"],
+                   _pct(r["mfu_own_peak"]), _pct(r["mfu_numpy_peak"])]
+            if has_torch:
+                v = r["vs_torch"]
+                row.append(f"{v['of_medians']:.2f} ({', '.join(f'{x:.2f}' for x in v['per_round'])})")
+            table.append(row)
+    print("\nTraining step, median over every timed step of every round (warm-up excluded); "
+          "time / torch < 1: tinygrad_lm faster")
+    print(format_table(headers, table))
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def plans(args, configs) -> dict:
+    """Rounds, steps and warm-up per config; smoke = fewer than the method asks for."""
     out = {}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for fw in frameworks:
-        env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-        if fw == "torch":  # torch's own allocator behaviour: no tinygrad_lm malloc tuning (it builds the weights)
-            env["TINYGRAD_LM_NO_MALLOPT"] = "1"
-        cmd = [sys.executable, "-m", "benchmarks.bench_train", "--memory-worker", fw, "--config", config,
-               "--steps", str(steps)]
-        res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
-        lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
-        r = out[fw] = json.loads(lines[-1]) if res.returncode == 0 and lines else {"error": res.stderr[-2000:]}
-        if "error" in r:
-            print(f"  {fw}: failed: {r['error'][-300:]}")
-            continue
-        ru = "n/a (carried over from the parent)" if r["ru_maxrss_inherited"] else "+" + _mib(r["peak_ru_maxrss"])
-        print(f"  {fw:20s} peak RSS +{_mib(r['peak_rss'])} (VmHWM), ru_maxrss {ru}, "
-              f"RSS kept after the steps +{_mib(r['rss_after'])} ({steps} step(s), {r['seconds']:.1f} s)", flush=True)
+    for name in configs:
+        p = {"rounds": args.rounds or ROUNDS[name], "steps": args.steps or STEPS[name],
+             "warmup": WARMUP[name] if args.warmup is None else args.warmup}
+        p["smoke"] = p["rounds"] < MIN_ROUNDS[name] or p["steps"] < STEPS[name] or p["warmup"] < 1
+        out[name] = p
     return out
 
-
-# ---- main ---------------------------------------------------------------------------------------
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", choices=["tiny", "small", "both"], default="both")
-    ap.add_argument("--quick", action="store_true", help="few repeats (a smoke run; noisy numbers)")
-    ap.add_argument("--no-torch", action="store_true", help="leave out the PyTorch candidates")
-    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    ap.add_argument("--every-candidate", action="store_true",
-                    help="small config too: reference kernels with 2 BLAS threads and torch with 1 thread (slow)")
+    ap.add_argument("--diagnostics", action="store_true", help="also time the diagnostic variants (never the headline)")
+    ap.add_argument("--no-torch", action="store_true", help="leave out the PyTorch side")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    ap.add_argument("--memory-steps", type=int, default=MEMORY_STEPS, help=argparse.SUPPRESS)
+    ap.add_argument("--no-peak", action="store_true", help="skip the matmul peak (no MFU)")
+    ap.add_argument("--no-lockstep", action="store_true", help="skip the lockstep correctness check")
+    ap.add_argument("--rounds", type=int, help=f"rounds per config (default {ROUNDS}; fewer than {MIN_ROUNDS}: smoke run)")
+    ap.add_argument("--steps", type=int, help=f"timed steps per round (default {STEPS})")
+    ap.add_argument("--warmup", type=int, help=f"warm-up steps per round (default {WARMUP})")
     ap.add_argument("--json", default="benchmarks/results/train.json")
-    ap.add_argument("--memory-worker", help=argparse.SUPPRESS)
-    ap.add_argument("--steps", type=int, default=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.memory_worker:
-        return memory_worker(args.memory_worker, args.config, args.steps)
-    torch, note = (None, "PyTorch candidates left out (--no-torch)") if args.no_torch else torch_or_none()
-    global TORCH_DEFAULT_THREADS
-    TORCH_DEFAULT_THREADS = torch.get_num_threads() if torch is not None else None
-    if note:
-        print(f"note: {note}")
-    from tinygrad_lm import backend
-    backend.fast_table("cpu")  # load the kernels (and their thread policy) before timing
-    import numba
-    threads = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-               "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
-               "openblas_threads_at_start": blas_threads(), "numba_threads": numba.config.NUMBA_NUM_THREADS,
-               "torch_default_threads": torch.get_num_threads() if torch else None,
-               "torch_interop_threads": torch.get_num_interop_threads() if torch else None}
-    print(f"threads: {threads}")
-    if blas_threads() is None:
-        print("note: OpenBLAS's thread setter was not found: the BLAS 1/2 candidates run with NumPy's own setting")
+
+    has_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    if not has_torch:
+        print("note: " + ("PyTorch side left out (--no-torch)" if args.no_torch else
+                          "PyTorch is not installed (pip install -e '.[bench]'): tinygrad_lm only"))
+    sides = [OURS] + ([TORCH] if has_torch else [])
+    if args.diagnostics:
+        sides += [d for d in DIAGNOSTICS if has_torch or d.worker == OURS.worker]
     configs = list(CONFIGS) if args.config == "both" else [args.config]
+    plan = plans(args, configs)
+    if any(p["smoke"] for p in plan.values()):
+        print("SMOKE RUN: fewer rounds/steps than the method asks for; the numbers are not results")
+    env, dropped = peers.user_env()
+    print(f"environment given to every side (thread/memory variables): {peers.relevant_env(env) or 'none set'}"
+          + (f"; left out (set before the benchmark started, may be tinygrad_lm's): {dropped}" if dropped else ""))
     load_before = os.getloadavg()
-    payload = {"benchmark": "train", "quick": args.quick, "configs": {c: CONFIGS[c] for c in configs},
-               "optimizer": OPT, "clip": CLIP, "threads": threads, "torch_note": note,
-               "torch_version": torch.__version__ if torch else None, "load_before": list(load_before)}
+    payload = {"benchmark": "train", "method": "benchmarks/peers.py: own process per side per round, alternated, "
+               "user's environment, warm-up excluded, medians", "plan": plan, "configs": {c: CONFIGS[c] for c in configs},
+               "optimizer": OPT, "clip": CLIP, "sides": [dataclasses.asdict(s) for s in sides],
+               "user_env": peers.relevant_env(env), "dropped_from_user_env": dropped, "load_before": list(load_before)}
 
-    print(f"\nfloat32 matmul peak ({PEAK_N} x {PEAK_N}), interleaved:")
-    peaks = matmul_peaks(torch, repeats=3 if args.quick else 7)
-    for k, v in peaks.items():
-        print(f"  {k}: {v['gflops']:.0f} GFLOP/s")
+    peaks = {} if args.no_peak else matmul_peaks([OURS] + ([TORCH] if has_torch else []),
+                                                 1 if plan[configs[0]]["smoke"] else PEAK_ROUNDS)
     payload["matmul_peaks"] = peaks
-
-    rows, infos = [], {}
-    for name in configs:
-        cfg = CONFIGS[name]
-        reps = (QUICK_REPEATS if args.quick else REPEATS)[name]
-        print(f"\n{name}: {WARMUP[name]} warm-up step(s) per candidate (same weights, same batch: the losses "
-              f"must agree{'' if torch is not None else '; without PyTorch only tinygrad_lm variants are compared'}"
-              f"), then {reps} interleaved repeat(s) ...", flush=True)
-        r, info = time_config(name, cfg, torch, args.quick, peaks, args.every_candidate)
-        rows += r
-        infos[name] = info
-    payload["timing"] = rows
-    payload["config_info"] = infos
-
-    headers = ["config", "candidate", "ms/step", "tokens/s", "GFLOP/s", "MFU (best peak)", "MFU (own peak)"]
-    if torch is not None:
-        headers.append("time / torch")
-    table = []
-    for r in rows:
-        row = [r["config"], r["candidate"], r["ms_per_step"], r["tokens_per_s"], r["achieved_gflops"],
-               f"{100 * r['mfu_vs_best_peak']:.1f}%",
-               f"{100 * r['mfu_vs_own_peak']:.1f}%" if r["mfu_vs_own_peak"] else "-"]
-        if torch is not None:
-            row.append(r["vs_torch"])
-        table.append(row)
-    print("\nTraining step (forward, backward, clip_grad_norm, AdamW), median over repeats"
-          + ("; time / torch = median of paired ratios against torch at its default threads (< 1: tinygrad_lm faster)"
-             if torch is not None else "; tinygrad_lm only (PyTorch is not installed)"))
-    print(format_table(headers, table))
-    for name in configs:
-        losses = {r["candidate"]: r["last_loss"] for r in rows if r["config"] == name}
-        spread = max(losses.values()) - min(losses.values())
-        steps = {r["steps"] for r in rows if r["config"] == name}
-        print(f"{name}: losses after {'/'.join(map(str, steps))} steps on the same batch agree within {spread:.1e} "
-              f"({', '.join(f'{k} {v:.4f}' for k, v in losses.items())})")
-
-    if not args.no_memory:
-        steps = 1 if args.quick else MEMORY_STEPS
-        print(f"\nMemory of small-config training steps, each framework in its own process ({steps} step(s)), "
-              f"over the baseline after imports:")
-        payload["memory_small"] = measure_memory("small", torch is not None, steps)
-        n = GPT(gpt_config(CONFIGS["small"])).num_parameters()
-        floor = 4 * n * 4
-        payload["memory_floor_bytes"] = floor
-        print(f"  floor: parameters + grads + AdamW m, v = 4 x {n:,} float32 = {floor / 2**20:.0f} MiB")
-
+    results, facts = {}, {}
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        weights = {}
+        for name in configs:
+            weights[name], facts[name] = write_weights(Path(tmp), name)
+            results[name] = time_config(name, sides, weights[name], facts[name], plan[name], peaks)
+        payload["timing"], payload["config_facts"] = results, facts
+        print_table(results, has_torch)
+        if not args.no_memory:
+            payload["memory_small"] = measure_memory(sides[:2], "small", args.memory_steps)
+        if has_torch and not args.no_lockstep:
+            payload["lockstep"] = lockstep("tiny", weights.get("tiny") or write_weights(Path(tmp), "tiny")[0],
+                                           LOCKSTEP_STEPS)
     load_after = os.getloadavg()
     payload["load_after"] = list(load_after)
     print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} on {os.cpu_count()} cores")
-    print(f"wrote {write_json(args.json, payload)}")
+    print(f"wrote {write_json(args.json, payload, machine=machine_info(env=env))}")
 
 
 if __name__ == "__main__":

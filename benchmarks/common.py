@@ -184,8 +184,12 @@ def _git_revision() -> dict:
         return {}
 
 
-def machine_info() -> dict:
-    """What a reader needs to judge and reproduce a number: CPU, cores, load, versions, BLAS."""
+def machine_info(env=None) -> dict:
+    """What a reader needs to judge and reproduce a number: CPU, cores, load, versions, BLAS.
+
+    ``env``: the environment to report (default this process's); a peer comparison passes the
+    user's environment its worker processes got (benchmarks/peers.py), not this process's."""
+    env = os.environ if env is None else env
     env_keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT",
                 "NUMBA_NUM_THREADS", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
     info = {
@@ -197,8 +201,8 @@ def machine_info() -> dict:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "numpy": np.__version__,
         "blas": _blas_info(),
-        "env": {k: os.environ[k] for k in env_keys if k in os.environ}
-               | {k: v for k, v in os.environ.items() if k.startswith("TINYGRAD_LM_")},
+        "env": {k: env[k] for k in env_keys if k in env}
+               | {k: v for k, v in env.items() if k.startswith("TINYGRAD_LM_")},
         "git": _git_revision(),
     }
     try:
@@ -211,13 +215,14 @@ def machine_info() -> dict:
 
 # ---- output -----------------------------------------------------------------------------------
 
-def write_json(path, payload: dict) -> Path:
-    """Write ``payload`` plus the command line, time and machine info as indented JSON."""
+def write_json(path, payload: dict, machine: dict | None = None) -> Path:
+    """Write ``payload`` plus the command line, time and machine info (``machine_info()`` unless
+    given) as indented JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"command": " ".join([Path(sys.executable).name, "-m", _module_name()] + sys.argv[1:]),
            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "machine": machine_info(), **payload}
+           "machine": machine_info() if machine is None else machine, **payload}
     tmp = path.with_name(path.name + ".tmp")  # write, then rename: never a half-written file
     tmp.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
     os.replace(tmp, path)
