@@ -8,42 +8,46 @@ per-token cost stays flat as the context fills (it should with the cache, and gr
 Then tokens/s over a long generation that runs past block_size (sliding-window re-prefills
 included).
 
-PyTorch peer (when installed; else a note and tinygrad_lm rows only): the same model (weights
-copied by state_dict name into benchmarks/torch_gpt.py), greedy decoding from the same 1-token
-prompt, interleaved with tinygrad_lm's greedy decoding:
+PyTorch peer (when installed; else a note and tinygrad_lm rows only), by the method of
+benchmarks/peers.py: each side in its own process per round with its users' defaults (torch never
+loads tinygrad_lm), rounds alternated (3; --quick: 1), one warm-up generation per mode excluded,
+medians. The same model (weights saved to an .npz, loaded by state_dict name into
+benchmarks/torch_gpt.py), greedy decoding from the same 1-token prompt:
 
     cached     KV cache, 4 x block_size new tokens (2 x with --quick): the window slides, so
                this includes tinygrad_lm's re-prefills, which the torch loop copies exactly
     recompute  no cache: every step re-runs the whole window, like nanoGPT's generate;
                block_size new tokens (the context fills once)
 
-Both are single-sequence (batch 1), in torch.no_grad / tinygrad_lm.no_grad. Before timing, the
-greedy tokens of both frameworks are compared (same weights: they should match).
-tokens/s = new tokens / median wall time; "tinygrad / torch" is the ratio of tokens/s (> 1:
-tinygrad_lm faster), as the median of paired per-repeat ratios. OMP_WAIT_POLICY defaults to passive and OpenBLAS to 1 thread (see
-benchmarks/README.md: decode matmuls are tiny, and 2 threads on a busy 2-core machine stall).
+Both are single-sequence (batch 1), in torch.no_grad / tinygrad_lm.no_grad. The greedy tokens
+of both frameworks are compared (same weights: they should match). tokens/s = new tokens /
+median wall time; "tinygrad / torch" is the ratio of tokens/s (> 1: tinygrad_lm faster), of the
+medians, with the per-round ratios beside it.
+
+The per-position table runs in this process, tinygrad_lm only, with OpenBLAS at --blas-threads
+(default 1: decode matmuls are tiny, and 2 threads on a busy 2-core machine stall).
 """
 from __future__ import annotations
 
-import os
+import tinygrad_lm as tg  # first, as users do: its thread settings precede NumPy
 
 import argparse
+import importlib.util
+import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-import tinygrad_lm as tg
 from tinygrad_lm.models import GPT, GPTConfig
 
-from .common import (apply_blas_threads, blas_threads, format_table, interleaved, paired_ratio,
-                     write_json)
-from .torch_gpt import torch_or_none
+from . import peers
+from .common import apply_blas_threads, blas_threads, format_table, machine_info, write_json
+from .workload import CONFIGS, OURS, TORCH, model_fields
 
-SHAPES = {
-    "tiny": dict(vocab_size=65, n_layer=4, n_head=4, n_embd=128, block_size=64),
-    "small": dict(vocab_size=65, n_layer=6, n_head=6, n_embd=384, block_size=256),
-}
+SHAPES = {name: model_fields(cfg) for name, cfg in CONFIGS.items()}   # the GPT-2 models of bench_train
 
 
 def step_times(model: GPT, n: int, use_cache: bool, repeats: int) -> np.ndarray:
@@ -68,32 +72,34 @@ def tokens_per_s(model: GPT, n: int, repeats: int, use_cache: bool = True) -> fl
     return statistics.median(rates)
 
 
-def peer_comparison(name, model, torch, long_n, repeats) -> tuple[list, dict]:
-    """Greedy tokens/s of tinygrad_lm and the PyTorch peer, cached and recomputing, interleaved."""
-    from .torch_gpt import from_tinygrad
-    peer = from_tinygrad(model).eval()
-    T = model.config.block_size
-    prompt, tprompt = np.zeros((1, 1), np.int64), torch.zeros((1, 1), dtype=torch.long)
-    ours = model.generate(prompt, long_n, temperature=0.0).data[0, 1:]
-    theirs = peer.generate(tprompt, long_n).numpy()[0, 1:]
-    same = int(np.argmin(ours == theirs)) if (ours != theirs).any() else len(ours)
+def peer_comparison(name, model, long_n, rounds, repeats) -> tuple[list, dict]:
+    """Greedy tokens/s of tinygrad_lm and the PyTorch peer, cached and recomputing, each side in
+    its own process with its users' defaults, alternated (benchmarks/peers.py); both load
+    ``model``'s weights."""
+    with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
+        weights = Path(tmp) / f"{name}.npz"
+        np.savez(weights, **model.state_dict())
+        return _peer_rounds(name, str(weights), long_n, rounds, repeats)
+
+
+def _peer_rounds(name, weights, long_n, rounds, repeats) -> tuple[list, dict]:
+    args = {"fields": SHAPES[name], "weights": weights, "cached_tokens": long_n, "warmup": 1, "repeats": repeats}
+    print(f"  {name}: {rounds} round(s) per side, each in a fresh process: 1 warm-up generation per mode "
+          f"(excluded), then {repeats} timed", flush=True)
+    runs = peers.alternate([OURS, TORCH], "generate", args, rounds, log=None)
+    ours, theirs = runs[OURS.label][0]["tokens"], runs[TORCH.label][0]["tokens"]
+    same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), len(ours))
     print(f"  {name}: greedy tokens of tinygrad_lm and torch agree for {same} of {long_n}", flush=True)
-    lengths = {"cached": long_n, "recompute": T}
-    cases = {
-        "tinygrad cached": lambda: model.generate(prompt, long_n, temperature=0.0, use_cache=True),
-        "torch cached": lambda: peer.generate(tprompt, long_n, use_cache=True),
-        "tinygrad recompute": lambda: model.generate(prompt, T, temperature=0.0, use_cache=False),
-        "torch recompute": lambda: peer.generate(tprompt, T, use_cache=False),
-    }
-    stats = interleaved(cases, repeats=repeats, warmup=0, number=1)   # the agreement check above warmed both
-    rows, out = [], {"greedy_tokens_agree": same, "tokens": lengths, "stats": stats}
-    for kind, n in lengths.items():
-        ours_tps = n / (stats[f"tinygrad {kind}"].median / 1e9)
-        theirs_tps = n / (stats[f"torch {kind}"].median / 1e9)
-        out[f"tokens_per_s_tinygrad_{kind}"], out[f"tokens_per_s_torch_{kind}"] = ours_tps, theirs_tps
-        ratio = paired_ratio(stats[f"torch {kind}"], stats[f"tinygrad {kind}"])   # torch time / ours = our tok/s / theirs
-        out[f"tinygrad_over_torch_{kind}"] = ratio
-        rows.append([name, kind, n, ours_tps, theirs_tps, ratio])
+    rows, out = [], {"greedy_tokens_agree": same, "runs": runs}
+    for mode in ("cached", "recompute"):
+        n = runs[OURS.label][0][mode]["new_tokens"]
+        s = {label: peers.summarise([r[mode] for r in rs]) for label, rs in runs.items()}
+        ours_tps, theirs_tps = n / s[OURS.label]["median_s"], n / s[TORCH.label]["median_s"]
+        ratio = peers.ratio(s[TORCH.label], s[OURS.label])   # torch time / ours = our tokens/s / theirs
+        out[mode] = {"new_tokens": n, "summaries": s, "tokens_per_s_tinygrad": ours_tps,
+                     "tokens_per_s_torch": theirs_tps, "tinygrad_over_torch": ratio}
+        rows.append([name, mode, n, ours_tps, theirs_tps,
+                     f"{ratio['of_medians']:.2f} ({', '.join(f'{x:.2f}' for x in ratio['per_round'])})"])
     return rows, out
 
 
@@ -106,12 +112,14 @@ def main(argv=None):
     ap.add_argument("--json", default="benchmarks/results/generate.json")
     args = ap.parse_args(argv)
     apply_blas_threads(ap, args.blas_threads)  # loads the kernels first (they pin 1 thread)
-    torch, note = (None, "PyTorch peer left out (--no-torch)") if args.no_torch else torch_or_none()
+    has_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    note = None if has_torch else ("PyTorch peer left out (--no-torch)" if args.no_torch else
+                                   "PyTorch is not installed (pip install -e '.[bench]'): tinygrad_lm only")
     if note:
         print(f"note: {note}")
-    threads = {"openblas": blas_threads(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-               "torch": torch.get_num_threads() if torch else None}
-    print(f"threads: {threads}")
+    threads = {"openblas": blas_threads(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
+    print(f"threads of this process (the per-position table; the peer comparison runs each side in its own "
+          f"process with the user's environment): {threads}")
     peer_rows = []
     repeats = 3 if args.quick else 7
     shapes = {"tiny": SHAPES["tiny"]} if args.quick else SHAPES
@@ -137,17 +145,20 @@ def main(argv=None):
         for label, c, f in quarters:
             rows.append([name, label, c, f, f / c])
         rows.append([name, f"{long_n} tokens", f"{tps:,.0f} tok/s", f"{tps_nocache:,.0f} tok/s (ctx {T})", tps / tps_nocache])
-        if torch is not None:
-            prow, results[name]["torch_peer"] = peer_comparison(name, model, torch, long_n, max(3, repeats // 2))
+        if has_torch:
+            prow, results[name]["torch_peer"] = peer_comparison(name, model, long_n, 1 if args.quick else 3,
+                                                                max(3, repeats // 2))
             peer_rows += prow
     print(format_table(["model", "context positions", "cached ms/token", "recompute ms/token", "speed-up"], rows))
-    if torch is not None:
-        print("\nGreedy decoding, batch 1, against the PyTorch peer (same weights), interleaved; "
-              "tinygrad / torch > 1: tinygrad_lm faster")
+    if has_torch:
+        print("\nGreedy decoding, batch 1, against the PyTorch peer (same weights), each side in its own process, "
+              "alternated rounds, warm-up excluded, medians; tinygrad / torch > 1: tinygrad_lm faster (per round)")
         print(format_table(["model", "mode", "new tokens", "tinygrad_lm tok/s", "torch tok/s", "tinygrad / torch"],
                            peer_rows))
+    env, dropped = peers.user_env()
     path = write_json(args.json, {"results": results, "threads": threads, "torch_note": note,
-                                  "torch_version": torch.__version__ if torch else None})
+                                  "peer_env": peers.relevant_env(env), "dropped_from_user_env": dropped},
+                      machine=machine_info())
     print(f"wrote {path}")
 
 

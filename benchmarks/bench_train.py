@@ -53,10 +53,7 @@ import numpy as np
 from . import peers
 from .common import format_table, machine_info, write_json
 from .peers import Side
-from .workload import CLIP, CONFIGS, OPT, batch, model_fields
-
-OURS = Side("tinygrad_lm", "benchmarks.side_tinygrad")
-TORCH = Side("torch", "benchmarks.side_torch")
+from .workload import CLIP, CONFIGS, OPT, OURS, TORCH, batch, model_fields
 DIAGNOSTICS = [
     Side("tinygrad_lm OPENBLAS_NUM_THREADS=1", OURS.worker, env={"OPENBLAS_NUM_THREADS": "1"}, diagnostic=True),
     Side("tinygrad_lm reference kernels", OURS.worker, env={"TINYGRAD_LM_KERNELS": "reference"}, diagnostic=True),

@@ -6,6 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .peers import Side, peak_memory, timed_calls
+
+# The two sides of every GPT comparison (benchmarks/side_tinygrad.py, benchmarks/side_torch.py).
+OURS = Side("tinygrad_lm", "benchmarks.side_tinygrad")
+TORCH = Side("torch", "benchmarks.side_torch")
+
 # The two configs of issue "Fast CPU path", vocabulary 65 (the characters of tiny Shakespeare).
 CONFIGS = {
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch=12),    # nanoGPT's shakespeare-char CPU config
@@ -45,8 +51,6 @@ def worker_tasks(build, make_train_step, greedy, sgemm) -> dict:
     an .npz path is given); make_train_step(model) -> step(x, y) -> loss (x, y: NumPy int64);
     greedy(model, n, use_cache) -> the n new token ids (a list) greedily decoded from the 1-token
     prompt [0] at batch 1; sgemm(n) -> a call doing one float32 (n, n) @ (n, n)."""
-    from .peers import peak_memory, timed_calls
-
     def train(args):
         """Seconds per training step on one fixed batch (args: config, fields, weights, warmup, steps)."""
         step, (x, y) = make_train_step(build(args["fields"], args.get("weights"))), batch(CONFIGS[args["config"]])
