@@ -26,6 +26,8 @@ candidates are interleaved and the median of the repeats is reported (benchmarks
 """
 from __future__ import annotations
 
+import tinygrad_lm  # noqa: F401  (first, as users do: its thread settings precede NumPy; this package no longer loads it)
+
 import argparse
 import math
 import sys

@@ -18,6 +18,8 @@ Targets (issue "Core"): overhead under 5 us per op; the MLP step within 1.3x of 
 """
 from __future__ import annotations
 
+import tinygrad_lm  # noqa: F401  (first, as users do: its thread settings precede NumPy; this package no longer loads it)
+
 import argparse
 import os
 import statistics

@@ -27,15 +27,22 @@ math the PyTorch way: the op under ``torch.no_grad()`` for the forward, and
 ``torch.autograd.grad`` through a recorded forward for the backward (the recording is done
 untimed; autograd's own overhead, a few us, is inside the torch backward). torch/fast > 1
 means the fast kernel beats PyTorch. Without torch the column is left out (a note says so).
+The torch column is a per-op DIAGNOSTIC, not a peer comparison: it runs in this process, next to
+tinygrad_lm's kernels and thread settings. The peer comparison is bench_train's (each framework
+in its own process, benchmarks/peers.py).
 
 Targets (issue "Fast CPU path"), judged on the small config: attention forward+backward at
 least 2x the reference at (B=64, nh=6, T=256, hs=64); layer norm forward+backward at least 4x.
 
 Thread settings are printed and saved: OpenBLAS (the reference attention's matmuls), Numba's
-threads (the fast kernels), torch's threads. ``OMP_WAIT_POLICY`` defaults to passive and OpenBLAS's
-idle threads sleep (benchmarks/__init__.py): spinning threads starve the other core on 2-core machines.
+threads (the fast kernels), torch's threads. tinygrad_lm is imported first, as users do, so it
+makes its own settings for this process: OpenBLAS's idle threads sleep (tinygrad_lm/_threads.py)
+and OpenMP waits passively once the kernels load (spinning threads starve the other core on
+2-core machines).
 """
 from __future__ import annotations
+
+import tinygrad_lm  # noqa: F401  (first, as users do: its thread settings precede NumPy; this package no longer loads it)
 
 import os
 

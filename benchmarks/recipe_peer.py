@@ -10,6 +10,8 @@ reports the validation loss the way `tinygrad-lm train` (20 fixed batches) and `
 compared on this machine rather than against a number from elsewhere."""
 from __future__ import annotations
 
+import tinygrad_lm  # noqa: F401  (first, as users do: its thread settings precede NumPy; this package no longer loads it)
+
 import argparse
 import math
 import time
