@@ -268,3 +268,20 @@ def test_not_a_zip_but_a_plain_npy(saved):
 
 def test_checkpoint_error_is_a_value_error():
     assert issubclass(CheckpointError, ValueError)
+
+
+@pytest.mark.parametrize("kind", ["pickle", "object-array", "text"])
+def test_a_foreign_file_is_named_and_unpickling_is_never_suggested(tmp_path, kind):
+    """NumPy's own message for pickled data advises loading it "unsafely": a file from a
+    stranger would then run code. The error says what the file is not, and what was expected."""
+    import pickle
+    bad = tmp_path / "ckpt.npz"
+    if kind == "pickle":
+        bad.write_bytes(pickle.dumps({"model": [1, 2]}))
+    elif kind == "object-array":
+        np.savez(bad, meta=np.array([{"a": 1}], dtype=object))
+    else:
+        bad.write_text("hello\n")
+    msg = str(_expect_corrupt(bad, "is not a tinygrad_lm checkpoint"))
+    assert "expected the ckpt.npz archive" in msg
+    assert "allow_pickle" not in msg and "unsafe" not in msg and "pickle.load" not in msg

@@ -61,6 +61,17 @@ def save_checkpoint(path, model_state: dict, meta: dict, optim_state: dict | Non
     return path
 
 
+def _why_unreadable(e: BaseException) -> str:
+    """The reason for a user, in our words. NumPy's own message for pickled data advises loading
+    the file "unsafely"; unpickling a file from a stranger runs its code, so that advice is never
+    passed on (tinygrad_lm loads no pickles, see DESIGN.md)."""
+    if "pickle" in str(e).lower():
+        return "it holds pickled Python objects, which tinygrad_lm never loads"
+    if isinstance(e, zipfile.BadZipFile) or "not an .npz" in str(e):
+        return "not an .npz archive"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def load_checkpoint(path) -> dict:
     """{"model": {name: array}, "optimizer": state_dict or None, "meta": dict} or CheckpointError."""
     path = checkpoint_path(path)
@@ -69,6 +80,9 @@ def load_checkpoint(path) -> dict:
     # damaged zip headers can also raise NotImplementedError (unknown version) or RuntimeError ("encrypted")
     try:
         with open(path, "rb") as f:  # ours to close: np.load leaks its own file when the zip is bad
+            if f.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):  # else NumPy would try it as a pickle
+                raise ValueError("not an .npz archive")
+            f.seek(0)
             z = np.load(f, allow_pickle=False)
             if not isinstance(z, np.lib.npyio.NpzFile):  # a plain .npy array, not an archive
                 raise ValueError("not an .npz archive")
@@ -76,7 +90,8 @@ def load_checkpoint(path) -> dict:
         meta = json.loads(files.pop("meta").tobytes().decode())
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError, EOFError,
             NotImplementedError, RuntimeError) as e:
-        raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {e}") from None
+        raise CheckpointError(f"{path} is not a tinygrad_lm checkpoint ({_why_unreadable(e)}); expected the "
+                              f"{CKPT_NAME} archive that `tinygrad-lm train` writes") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"corrupt checkpoint {path}: its meta is a JSON {type(meta).__name__}, not an object")
     if meta.get("format_version") != FORMAT_VERSION:
