@@ -13,8 +13,15 @@ import re
 import pytest
 from hypothesis import HealthCheck, settings
 
-import tinygrad_lm
-from tinygrad_lm.backend import KERNEL_MODES
+from tinygrad_lm import cache
+
+# Tests point TINYGRAD_LM_CACHE at fresh folders (token caches), in-process and in the `tinygrad-lm`
+# subprocesses they start; the compiled kernels would follow and be rebuilt (~15 s) each time.
+# One kernel cache for the whole session, as a user has one: the folder the user's settings give.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(cache.numba_cache_dir()))
+
+import tinygrad_lm  # noqa: E402
+from tinygrad_lm.backend import KERNEL_MODES  # noqa: E402
 
 settings.register_profile(
     "ci", max_examples=30, deadline=None, database=None, print_blob=True, derandomize=False,

@@ -72,7 +72,9 @@ def test_script_is_installed():
 
 def test_train_smoke(run):
     out, res = run
-    assert "Traceback" not in res.stderr and res.stderr.strip() == ""  # --quiet: no progress bar
+    # --quiet: no progress bar; at most the one-time note that kernels are being compiled
+    assert "Traceback" not in res.stderr
+    assert all(line.startswith("compiling the CPU kernels: first run only") for line in res.stderr.splitlines())
     assert res.stdout.startswith("data: input.txt, 2,580 tokens")
     for s in ("step 0: train loss", "step 2: train loss", "step 4: train loss", "final: train loss", "(iter 4)",
               "sample:", f"checkpoint: {Path('tmp/run/ckpt.npz')}"):

@@ -348,11 +348,15 @@ def test_sigint_to_a_training_process(data, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 130, stderr  # what shells expect after Ctrl-C
     assert "Traceback" not in stderr
     step = load_checkpoint(out)["meta"]["step"]
     assert f"interrupted: checkpoint saved at iter {step} in {out}" in stdout
     assert step < 1000000
+    # the truth about what was evaluated (only step 0 here), no "final:" line, no sample
+    assert "last evaluation: train loss" in stdout and "(iter 0)" in stdout
+    assert "final:" not in stdout and "sample:" not in stdout
+    assert f"continue with: tinygrad-lm train --resume --out {out}" in stdout
 
     res = subprocess.run(cmd + ["--resume", "--max_iters", str(step + 2)], env=env, capture_output=True,
                          text=True, timeout=120)
@@ -386,8 +390,11 @@ def test_gradient_accumulation_matches_one_big_batch(data, tmp_path):
     assert loss_acc == pytest.approx(loss_big, rel=1e-5)
     for gb, ga in zip(grads["big"], grads["acc"]):
         np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-7)
+    # Adam's first step is lr * g / (|g| + eps): where g is within float32 rounding of 0 (~1e-9, below
+    # eps) the two summation orders move a weight differently by up to lr * 1e-2; the gradients
+    # above are the exact check, this one only that both took the same step
     for (k, pb), pa in zip(_params(big).items(), _params(acc).values()):
-        np.testing.assert_allclose(pa, pb, rtol=1e-5, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(pa, pb, rtol=1e-5, atol=1e-4, err_msg=k)
     assert all(p.grad is None or not np.any(np.asarray(p.grad)) for p in acc.model.parameters())  # zeroed
 
 
@@ -456,7 +463,8 @@ def test_presets_are_valid_configs(name):
     from tinygrad_lm.models import GPTConfig
     from tinygrad_lm.presets import get_preset
     p = get_preset(name)
-    GPTConfig(**p["model"], vocab_size=257)
+    GPTConfig(**{"vocab_size": 257, **p["model"]})
+    assert p["about"]
     c = TrainConfig(**p["train"])
     assert c.lr_decay_iters <= c.max_iters and c.min_lr <= c.learning_rate
     p["model"]["n_layer"] = 99  # a copy: changing it leaves the preset alone

@@ -61,6 +61,16 @@ def save_checkpoint(path, model_state: dict, meta: dict, optim_state: dict | Non
     return path
 
 
+def checkpoint_step(path) -> int | None:
+    """The step a checkpoint was saved at, reading only its JSON meta; None if it cannot be read."""
+    try:
+        with open(checkpoint_path(path), "rb") as f, np.load(f, allow_pickle=False) as z:
+            step = json.loads(z["meta"].tobytes().decode()).get("step")
+        return step if isinstance(step, int) else None
+    except Exception:  # any damage at all: the caller only wants a number to show
+        return None
+
+
 def _why_unreadable(e: BaseException) -> str:
     """The reason for a user, in our words. NumPy's own message for pickled data advises loading
     the file "unsafely"; unpickling a file from a stranger runs its code, so that advice is never

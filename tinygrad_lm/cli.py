@@ -6,22 +6,60 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import itertools
 import math
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 
-from . import backend
+from . import __version__, backend
 from .checkpoint import CheckpointError, load_checkpoint
 from .models import GPT, GPTConfig
+from .models.gpt import NORM_KINDS, POS_KINDS
+from .nn.block import MLP_KINDS
 from .presets import DEFAULT_PRESET, PRESETS, get_preset
 from .sampling import check_sampling_args
-from .train import TrainConfig, Trainer, TrainingError
+from .tokenizers import TOKENIZER_KINDS, UnknownCharactersError
+from .train import TrainConfig, Trainer, TrainingError, existing_run
 
 PROG = "tinygrad-lm"
+DEFAULT_OUT = "out"
 # flags written out by hand; every other GPTConfig / TrainConfig field becomes --name VALUE
 _EXPLICIT = {"out_dir", "data", "tokenizer", "device", "seed", "vocab_size", "progress"}
+# one line of --help for every model and training field that is a flag (a test keeps this complete)
+FIELD_HELP = {
+    "block_size": "context length in tokens",
+    "n_layer": "number of transformer blocks",
+    "n_head": "attention heads per block",
+    "n_kv_head": "key/value heads (grouped-query attention; must divide n_head; default: n_head)",
+    "n_embd": "width of the residual stream (a multiple of n_head)",
+    "dropout": "dropout probability while training",
+    "bias": "biases in Linear and norm layers",
+    "pos": "position encoding",
+    "norm": "normalisation layer",
+    "mlp": "MLP activation (gelu: exact erf; gelu_tanh: GPT-2's; swiglu: Llama's)",
+    "tie_weights": "the output layer shares the token embedding matrix",
+    "batch_size": "sequences per micro-batch",
+    "gradient_accumulation_steps": "micro-batches per optimizer step",
+    "learning_rate": "peak learning rate",
+    "max_iters": "optimizer steps to train for",
+    "warmup_iters": "steps of linear learning-rate warm-up",
+    "lr_decay_iters": "step where the cosine decay reaches min_lr (default: max_iters)",
+    "min_lr": "learning rate at the end of the decay",
+    "decay_lr": "warm-up + cosine decay (false: constant learning_rate)",
+    "beta1": "AdamW's beta1",
+    "beta2": "AdamW's beta2",
+    "weight_decay": "AdamW's decoupled weight decay (2-D weights only)",
+    "grad_clip": "clip the global gradient norm to this (0: no clipping)",
+    "eval_interval": "evaluate and save a checkpoint every N steps",
+    "eval_iters": "batches per split in each evaluation",
+    "log_interval": "write a log.jsonl record every N steps",
+    "sample_tokens": "length of the sample printed at the end (0: none)",
+}
+FIELD_CHOICES = {"pos": POS_KINDS, "norm": NORM_KINDS, "mlp": MLP_KINDS}
+FLAG_ALIASES = {"learning_rate": ["--lr"]}  # nanoGPT users type --lr
 
 
 class UsageError(Exception):
@@ -29,8 +67,26 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    """One-line errors; no prefix matching (``--lr`` must never be "ambiguous", and a typo must
+    not silently select another option); help text shows every default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # one line instead of argparse's usage block
         raise UsageError(message)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to an option's help when it has a default worth showing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default:" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _bool(s: str) -> bool:
@@ -53,62 +109,121 @@ def _field_type(f):
     return str
 
 
+def _config_flags():
+    """(field, type) for every GPTConfig / TrainConfig field that is a --flag."""
+    return [f for cls in (GPTConfig, TrainConfig) for f in fields(cls) if f.name not in _EXPLICIT]
+
+
 def _add_config_flags(p: argparse.ArgumentParser):
-    group = p.add_argument_group("model and training fields (default: the preset's, else nanoGPT's)")
-    for cls in (GPTConfig, TrainConfig):
-        for f in fields(cls):
-            if f.name in _EXPLICIT:
-                continue
-            names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-            group.add_argument(*names, dest=f.name, type=_field_type(f), default=None, metavar="V")
+    preset = get_preset(DEFAULT_PRESET)
+    defaults = {**{f.name: f.default for cls in (GPTConfig, TrainConfig) for f in fields(cls)},
+                **preset["model"], **preset["train"]}
+    group = p.add_argument_group(
+        f"model and training fields (defaults shown are --preset {DEFAULT_PRESET}'s; another --preset changes "
+        f"them, --resume keeps the run's own; each also takes --name=value and --name-with-dashes)")
+    for f in _config_flags():
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        names += FLAG_ALIASES.get(f.name, [])
+        typ = _field_type(f)
+        default = defaults[f.name]
+        help_text = FIELD_HELP[f.name]
+        if "default:" not in help_text:
+            help_text += f" (default: {str(default).lower() if typ is _bool else default})"
+        choices = FIELD_CHOICES.get(f.name)
+        metavar = None if choices else {int: "N", float: "X", _bool: "{true,false}"}.get(typ, "V")
+        group.add_argument(*names, dest=f.name, type=typ, default=None, help=help_text, metavar=metavar,
+                           choices=choices)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Train and sample a small GPT written from scratch on NumPy.")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    p = _Parser(prog=PROG, description="Train and sample a small GPT written from scratch on NumPy. "
+                "With no arguments: `train` with its defaults.")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="{" + ",".join(COMMANDS) + "}")
 
-    t = sub.add_parser("train", help="train a GPT (no arguments: the tiny preset on the built-in corpus)")
-    t.add_argument("--data", help="UTF-8 text file or folder (default: the Python standard library's source)")
-    t.add_argument("--tokenizer", choices=("char", "byte"), default="char")
-    t.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET)
-    t.add_argument("--out", "--out_dir", dest="out_dir", default="out", help="output folder (checkpoint, log)")
-    t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t = sub.add_parser("train", help="train a GPT (no arguments: the tiny preset on the built-in corpus)",
+                       description="Train a GPT; prints evaluations, then the final loss and a sample.")
+    t.add_argument("--data", metavar="PATH",
+                   help="UTF-8 text file or folder (default: the first 4 MB of this Python's standard library source)")
+    t.add_argument("--tokenizer", choices=TOKENIZER_KINDS, default="char",
+                   help="char: the text's own characters; byte: UTF-8 bytes, any text")
+    t.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET, metavar="{" + ",".join(PRESETS) + "}",
+                   help="model and training recipe: " + "; ".join(f"{k}: {v['about']}" for k, v in PRESETS.items()))
+    t.add_argument("--out", "--out_dir", dest="out_dir", default=None, metavar="DIR",
+                   help=f"folder for ckpt.npz, log.jsonl, loss.png (default: {DEFAULT_OUT}, or {DEFAULT_OUT}-2, "
+                        f"{DEFAULT_OUT}-3... if it holds a run; with --resume, the newest of those)")
+    t.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="where to train")
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    t.add_argument("--seed", type=int, default=1337)
+    t.add_argument("--overwrite", action="store_true", help="delete the run saved in --out and start over")
+    t.add_argument("--seed", type=int, default=1337, metavar="N", help="seed of the weights and batches")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_flags(t)
 
     g = sub.add_parser("generate", help="stream text from a checkpoint")
-    g.add_argument("--ckpt", required=True, help="checkpoint folder (or .npz file)")
+    g.add_argument("--ckpt", required=True, metavar="PATH", help="checkpoint folder (or its ckpt.npz)")
     g.add_argument("--prompt", default="", help="text to continue (default: a newline)")
-    g.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=500)
-    g.add_argument("--temperature", type=float, default=0.8)
-    g.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=200)
-    g.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=None)
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=500,
+                   metavar="N", help="tokens to generate")
+    g.add_argument("--temperature", type=float, default=0.8, metavar="X",
+                   help="softmax temperature; 0: greedy (always the most likely token)")
+    g.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=200, metavar="N",
+                   help="sample among the N most likely tokens only")
+    g.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=None, metavar="P",
+                   help="sample among the most likely tokens whose probabilities add up to P (default: off)")
+    g.add_argument("--seed", type=int, default=None, metavar="N", help="seed for a repeatable sample (default: random)")
+    g.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="where to run")
 
     e = sub.add_parser("eval", help="loss and perplexity of a checkpoint on a text")
-    e.add_argument("--ckpt", required=True)
-    e.add_argument("--data", default=None, help="text file or folder (default: the built-in corpus)")
+    e.add_argument("--ckpt", required=True, metavar="PATH", help="checkpoint folder (or its ckpt.npz)")
+    e.add_argument("--data", default=None, metavar="PATH", help="text file or folder (default: the built-in corpus)")
     e.add_argument("--split", choices=("val", "train", "all"), default="val",
                    help="which part of the text: the last 10%% (val), the first 90%% (train), or all")
-    e.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32, metavar="N",
+                   help="windows of block_size tokens per forward pass")
+    e.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="where to run")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
 
     i = sub.add_parser("info", help="parameter count, FLOPs per token, memory and config")
     src = i.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt")
-    src.add_argument("--preset", choices=tuple(PRESETS))
-    i.add_argument("--vocab-size", "--vocab_size", dest="vocab_size", type=int, default=None,
-                   help="vocabulary size for --preset (default: 256 bytes + 1 special token)")
+    src.add_argument("--ckpt", metavar="PATH", help="a checkpoint folder (or its ckpt.npz)")
+    src.add_argument("--preset", choices=tuple(PRESETS), help="a preset's model")
+    i.add_argument("--vocab-size", "--vocab_size", dest="vocab_size", type=int, default=None, metavar="N",
+                   help="vocabulary size for --preset (default: the preset's own, else 257: 256 bytes + 1 special)")
     return p
 
 
 # ---- commands --------------------------------------------------------------------------------
 
+def _run_folder(args) -> str:
+    """--out as given; else DEFAULT_OUT, or the first free DEFAULT_OUT-N when it holds a run, so
+    running the main job twice never replaces the first run (--resume: the newest of them)."""
+    if args.out_dir is not None:
+        return args.out_dir
+    names = [DEFAULT_OUT] + [f"{DEFAULT_OUT}-{n}" for n in range(2, 10_000)]
+    held = list(itertools.takewhile(lambda name: existing_run(Path(name)), names))  # made in order
+    if args.resume:
+        return held[-1] if held else DEFAULT_OUT
+    if args.overwrite or not held:
+        return DEFAULT_OUT
+    print(f"{DEFAULT_OUT}/ holds an earlier run; this one goes to {names[len(held)]}/ (--out chooses the folder)",
+          flush=True)
+    return names[len(held)]
+
+
+def _compile_notice(device: str) -> None:
+    """A first run compiles the CPU kernels (about 15 s on 2 cores): say so instead of going quiet."""
+    if device != "cpu" or backend.kernel_mode() != "fast":
+        return
+    from .kernels.cpu import _jit
+    backend.fast_table("cpu")  # imports (not compiles) every kernel
+    if not _jit.cache_is_warm():
+        print(f"compiling the CPU kernels: first run only, about 15 s (cached in {_jit.cache_folder()})",
+              file=sys.stderr, flush=True)
+
+
 def cmd_train(args) -> int:
     preset = get_preset(args.preset)
+    args.out_dir = _run_folder(args)
     mcfg = dict(preset["model"])
     tvals = dict(preset["train"])
     if args.resume:  # a resumed run keeps its own settings (not the preset's); flags given now still win
@@ -126,14 +241,22 @@ def cmd_train(args) -> int:
     tcfg = TrainConfig(out_dir=args.out_dir, data=args.data, tokenizer=args.tokenizer, device=args.device,
                        seed=args.seed, progress=not args.quiet, **tvals)
     GPTConfig(**{**mcfg, "vocab_size": 1})  # validate the model options before loading any data
-    trainer = Trainer(tcfg, mcfg, resume=args.resume, log=lambda s: print(s, flush=True))
+    trainer = Trainer(tcfg, mcfg, resume=args.resume, overwrite=args.overwrite, log=lambda s: print(s, flush=True))
     m = trainer.model
     d = trainer.data
     print(f"data: {d.source}, {d.num_tokens:,} tokens ({len(d.train):,} train / {len(d.val):,} val), "
           f"vocab {trainer.tokenizer.vocab_size}; model: {m.num_params() / 1e6:.2f}M parameters", flush=True)
+    _compile_notice(tcfg.device)
     result = trainer.train()
-    if result:
-        print(f"final: train loss {result['train']:.4f}, val loss {result['val']:.4f} (iter {trainer.step})")
+    last = (f"train loss {result['train']:.4f}, val loss {result['val']:.4f} (iter {trainer.last_eval_iter})"
+            if result else None)
+    if trainer.interrupted:  # the checkpoint is saved (the trainer said where); no sample, exit as shells expect
+        if last:
+            print(f"last evaluation: {last}")
+        print(f"continue with: {PROG} train --resume --out {trainer.out}")
+        return 130
+    if last:
+        print(f"final: {last}")
     if tcfg.sample_tokens:
         tok = trainer.tokenizer
         print("sample:")
@@ -199,6 +322,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from tqdm import tqdm
+
     from .data import load_dataset
     from .tensor import no_grad
     if args.batch_size < 1:
@@ -214,8 +339,12 @@ def cmd_eval(args) -> int:
         raise UsageError(f"the {args.split} split has {len(tokens)} tokens; at least 2 are needed")
     starts = list(range(0, len(tokens) - 1, T))  # non-overlapping windows covering every target once
     total, count = 0.0, 0
+    _compile_notice(backend.normalize_device(args.device))
+    full = [s for s in starts if s + T + 1 <= len(tokens)]
+    rest = [s for s in starts if s + T + 1 > len(tokens)]
+    bar = None if args.quiet else tqdm(total=len(full) + len(rest), desc=f"eval {args.split}", unit="window",
+                                       file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
     with no_grad():
-        full = [s for s in starts if s + T + 1 <= len(tokens)]
         for i in range(0, len(full), args.batch_size):
             b = full[i:i + args.batch_size]
             x = np.stack([tokens[s:s + T] for s in b])
@@ -223,12 +352,17 @@ def cmd_eval(args) -> int:
             _, loss = model(backend.to_device(x, args.device), backend.to_device(y, args.device))
             total += loss.item() * y.size
             count += y.size
-        rest = [s for s in starts if s + T + 1 > len(tokens)]
+            if bar is not None:
+                bar.update(len(b))
         for s in rest:  # the ragged last window
             x, y = tokens[s:len(tokens) - 1][None], tokens[s + 1:][None]
             _, loss = model(backend.to_device(x, args.device), backend.to_device(y, args.device))
             total += loss.item() * y.size
             count += y.size
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     loss = total / count
     print(f"loss {loss:.4f}  perplexity {math.exp(loss):.3f}  ({count:,} tokens, split {args.split})")
     return 0
@@ -243,9 +377,9 @@ def cmd_info(args) -> int:
         source = str(ck["path"])
     else:
         p = get_preset(args.preset)
-        cfg = GPTConfig(**{**p["model"], "vocab_size": args.vocab_size or 257})
+        cfg = GPTConfig(**{"vocab_size": 257, **p["model"], **({"vocab_size": args.vocab_size} if args.vocab_size else {})})
         batch = p["train"]["batch_size"]
-        source = f"preset {args.preset}"
+        source = f"preset {args.preset}: {p['about']}"
     from .tensor import no_grad
     with no_grad():
         model = GPT(cfg)
@@ -270,12 +404,15 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         argv = ["train"]  # the main job: the tiny preset on the built-in corpus
-    from .tokenizers import UnknownCharactersError  # noqa: F401  (a ValueError, caught below)
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
             raise UsageError(f"choose a command: {', '.join(COMMANDS)}")
         return COMMANDS[args.command](args)
+    except UnknownCharactersError as e:
+        print(f"{PROG}: error: {_one_line(e)}; a character-level model knows only the characters of its "
+              f"training text: leave these out, or train with --tokenizer byte (any text)", file=sys.stderr)
+        return 2
     except (UsageError, ValueError, CheckpointError, FileNotFoundError, FileExistsError, IsADirectoryError,
             NotADirectoryError, PermissionError) as e:
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
@@ -291,6 +428,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `tinygrad-lm generate ... | head`: the reader has gone, say nothing
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141  # 128 + SIGPIPE, as a shell reports it
 
 
 def _one_line(e: BaseException) -> str:

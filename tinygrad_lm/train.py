@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CKPT_NAME, CheckpointError, checkpoint_step, load_checkpoint, save_checkpoint
 from .models import GPT, GPTConfig
 from .optim import clip_grad_norm, cosine_with_warmup, set_lr
 from .tensor import get_rng_state, manual_seed, no_grad, set_rng_state
@@ -25,6 +25,13 @@ from .tensor import get_rng_state, manual_seed, no_grad, set_rng_state
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message names the step."""
+
+
+class RunExistsError(FileExistsError):
+    """The output folder holds a run, and neither resuming nor starting over was asked for."""
+
+
+RUN_FILES = (CKPT_NAME, "log.jsonl", "loss.png")  # what a run writes into its folder
 
 
 @dataclass
@@ -82,13 +89,28 @@ class TrainConfig:
 
 
 class Trainer:
-    """Builds (or resumes) model, optimizer and data from configs, then runs ``train()``."""
+    """Builds (or resumes) model, optimizer and data from configs, then runs ``train()``.
 
-    def __init__(self, tcfg: TrainConfig, mcfg: dict | None = None, resume: bool = False, log=print):
+    A folder that already holds a run is never replaced silently: ``resume=True`` continues it,
+    ``overwrite=True`` deletes it and starts over, otherwise RunExistsError. After ``train()``,
+    ``interrupted`` says whether Ctrl-C stopped it and ``last_eval_iter`` is the step of the last
+    evaluation it returned."""
+
+    def __init__(self, tcfg: TrainConfig, mcfg: dict | None = None, resume: bool = False, log=print, *,
+                 overwrite: bool = False):
         from .data import load_dataset
         self.cfg, self.log = tcfg, log
         self.out = Path(tcfg.out_dir)
         self.ckpt = None
+        self.interrupted, self.last_eval_iter = False, None
+        self._start_over = False
+        if not resume:
+            held = existing_run(self.out)
+            self._start_over = bool(held)
+            if held and not overwrite:
+                raise RunExistsError(f"{self.out} already holds a training run ({held}); "
+                                     f"continue it with --resume, start over with --overwrite, or choose "
+                                     f"another --out")
         if resume:
             self.ckpt = load_checkpoint(self.out)
             meta = self.ckpt["meta"]
@@ -182,9 +204,14 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------
     def train(self) -> dict:
-        """Train until max_iters; Ctrl-C saves a checkpoint first. Returns the last eval."""
+        """Train until max_iters; Ctrl-C saves a checkpoint first (and sets ``interrupted``).
+        Returns the last evaluation ({"train": loss, "val": loss}, made at ``last_eval_iter``)."""
         c = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
+        if self._start_over:  # asked for (overwrite=True): no file of the old run may be mixed in
+            for name in RUN_FILES:
+                (self.out / name).unlink(missing_ok=True)
+            self._start_over = False
         if self.ckpt is not None:  # a crash may have logged steps after the checkpoint: they are redone
             _keep_log_until(self.out / "log.jsonl", self.step)
         logf = open(self.out / "log.jsonl", "a" if self.ckpt is not None else "w")
@@ -197,19 +224,29 @@ class Trainer:
 
         old_handler = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
         bar = _progress(c, self.step)
+
+        def say(msg):  # through the progress bar: cleared, the line printed, the bar redrawn below it
+            if bar is None:
+                self.log(msg)
+            else:
+                with bar.external_write_mode():
+                    self.log(msg)
+
         tokens_per_iter = c.batch_size * c.gradient_accumulation_steps * self.model_config.block_size
         last_eval = {}
         resumed_at = self.step if self.ckpt is not None else None
+        if resumed_at is not None:
+            say(f"resuming from iter {self.step} ({self.ckpt['path']})")
         try:
             while True:
                 if self.step % c.eval_interval == 0 or self.step == c.max_iters:
                     if self.step != resumed_at:  # a resumed run already evaluated this step
-                        last_eval = self.evaluate()
+                        last_eval, self.last_eval_iter = self.evaluate(), self.step
                         rec = {"iter": self.step, "train_loss": last_eval["train"], "val_loss": last_eval["val"],
                                "lr": self.lr_at(self.step), "eval": True}
                         logf.write(json.dumps(rec) + "\n")
                         logf.flush()
-                        self.log(f"step {self.step}: train loss {last_eval['train']:.4f}, val loss {last_eval['val']:.4f}")
+                        say(f"step {self.step}: train loss {last_eval['train']:.4f}, val loss {last_eval['val']:.4f}")
                         self.best_val = min(self.best_val, last_eval["val"])
                         self.save()
                 if self.step >= c.max_iters or stop["flag"]:
@@ -229,7 +266,8 @@ class Trainer:
                     bar.update(1)
             if stop["flag"]:
                 self.save()
-                self.log(f"interrupted: checkpoint saved at iter {self.step} in {self.out}")
+                self.interrupted = True
+                say(f"interrupted: checkpoint saved at iter {self.step} in {self.out}")
         finally:
             if bar is not None:
                 bar.close()
@@ -238,6 +276,15 @@ class Trainer:
                 signal.signal(signal.SIGINT, old_handler)
         plot_losses(self.out / "log.jsonl", self.out / "loss.png")
         return last_eval
+
+
+def existing_run(out: Path) -> str:
+    """What of a run ``out`` holds ("" if nothing), e.g. "ckpt.npz at iter 2000, log.jsonl"."""
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    step = checkpoint_step(out) if CKPT_NAME in found else None
+    if step is not None:  # an unreadable checkpoint is still a file nobody asked us to replace
+        found[0] = f"{CKPT_NAME} at iter {step}"
+    return ", ".join(found)
 
 
 def _keep_log_until(path: Path, step: int) -> None:

@@ -11,6 +11,7 @@ Every kernel is compiled twice, parallel and serial, and a call picks by problem
 starting Numba's thread team costs tens of microseconds (much more when the other core is
 busy), which is more than the whole work of a decode step's small rows."""
 import os
+import sys
 import types
 
 # Numba's OpenMP workers spin after a parallel region and steal cycles from the OpenBLAS calls
@@ -70,6 +71,30 @@ def serial(fn):
     return _njit(fn, parallel=False)
 
 
+_BUILDS = []  # every compiled build, for cache_is_warm()
+
+
 def _njit(fn, parallel: bool):
     with numba_caching() as cache:  # the cache folder is fixed when a function is decorated
-        return numba.njit(parallel=parallel, cache=cache, **OPTIONS)(fn)
+        build = numba.njit(parallel=parallel, cache=cache, **OPTIONS)(fn)
+    _BUILDS.append(build)
+    return build
+
+
+def cache_folder() -> str | None:
+    """The folder Numba keeps these kernels' compiled code in (None: no disk cache)."""
+    for build in _BUILDS:
+        cache = getattr(build, "_cache", None)
+        path = getattr(cache, "cache_path", None)  # a NullCache (cache=False) has none
+        if path:
+            return path
+    return None
+
+
+def cache_is_warm() -> bool:
+    """True once these kernels have been compiled into their disk cache folder (a first run
+    compiles for about 15 s on 2 cores). The folder is this source folder's own, and Numba
+    names each kernel's index there '<module>.<kernel>-<line>.py<version>.nbi'."""
+    folder = cache_folder()
+    tag = f".py{sys.version_info.major}{sys.version_info.minor}.nbi"
+    return folder is not None and os.path.isdir(folder) and any(e.endswith(tag) for e in os.listdir(folder))
