@@ -225,10 +225,12 @@ def test_folder_sorted_recursive_skips_binary(tmp_path, cache):
     (root / "latin1.txt").write_bytes(b"caf\xe9\n")
     (root / ".hidden").write_text("secret\n")
     (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
-    with pytest.warns(UserWarning, match=r"skipped 2 binary or non-UTF-8 file\(s\): img.png, latin1.txt"):
+    (root / "gone.txt").symlink_to(root / "deleted-target.txt")  # a broken link is skipped, not an error
+    with pytest.warns(UserWarning, match=r"skipped 3 unreadable, binary or non-UTF-8 file\(s\): "
+                                         r"gone.txt, img.png, latin1.txt"):
         data, tok = D.load_dataset(root, "char", cache_dir=cache)
     assert tok.decode(np.concatenate([data.train, data.val])) == "aaa\nccc\nzzz\n"
-    assert data.skipped_files == 2
+    assert data.skipped_files == 3
     with pytest.warns(UserWarning):
         assert D.read_corpus(root).files == ("a.txt", "b/c.md", "b/deep/z.txt")
 
@@ -240,7 +242,7 @@ def test_folder_without_text_is_an_error(tmp_path, cache):
         D.load_dataset(root, cache_dir=cache)
     (root / "x.bin").write_bytes(b"\x00\x01\xff")
     (root / "empty.txt").write_text("")
-    with pytest.warns(UserWarning), pytest.raises(D.DataError, match=r"1 empty text file\(s\), 1 binary"):
+    with pytest.warns(UserWarning), pytest.raises(D.DataError, match=r"1 empty text file\(s\), 1 unreadable, binary"):
         D.load_dataset(root, cache_dir=cache)
 
 

@@ -95,6 +95,17 @@ def test_default_run_folder_is_never_reused(main, tmp_path):
     assert load_checkpoint(tmp_path / "out")["meta"]["step"] == 1
 
 
+def test_resume_from_another_folder_finds_the_relative_data_path(main, tmp_path, monkeypatch):
+    assert main("train", *SMALL, "--max_iters", 1, "--out", "run")[0] == 0  # --data input.txt, relative
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = main("train", "--resume", "--out", tmp_path / "run", "--max_iters", 2, "--quiet")
+    assert code == 0, err
+    assert f"data: {tmp_path / 'input.txt'}" in out
+    assert load_checkpoint(tmp_path / "run")["meta"]["step"] == 2
+
+
 # ---- 3 and 4. honest reports, printed through the progress bar --------------------------------
 
 def test_evaluation_lines_are_never_glued_to_the_progress_bar(tmp_path):

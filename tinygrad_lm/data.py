@@ -112,7 +112,8 @@ def read_corpus(path) -> Corpus:
 
     A single file must be UTF-8 (DataError naming the path and byte offset otherwise).
     In a folder, files are read in sorted path order, each ending in a newline, and
-    binary / non-UTF-8 files are skipped with a warning. Empty results are errors.
+    unreadable (e.g. broken links), binary and non-UTF-8 files are skipped with a warning.
+    Empty results are errors.
     """
     if path is None:
         return default_corpus()
@@ -130,7 +131,10 @@ def read_corpus(path) -> Corpus:
         raise DataError(f"{path}: not a regular file or a folder")
     parts, files, skipped = [], [], []
     for rel, f in _walk_sorted(p):
-        raw = f.read_bytes()
+        try:
+            raw = f.read_bytes()
+        except OSError:  # a broken link, a file we may not read: skipped like a binary one, said below
+            raw = b"\0"
         if not _is_text(raw):
             skipped.append(rel)
             continue
@@ -139,11 +143,12 @@ def read_corpus(path) -> Corpus:
         files.append(rel)
     if skipped:
         shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        warnings.warn(f"{path}: skipped {len(skipped)} binary or non-UTF-8 file(s): {shown}", stacklevel=2)
+        warnings.warn(f"{path}: skipped {len(skipped)} unreadable, binary or non-UTF-8 file(s): {shown}",
+                      stacklevel=2)
     text = "".join(parts)
     if not text:
         raise DataError(f"{path}: no text in this folder ({len(files)} empty text file(s), "
-                        f"{len(skipped)} binary or non-UTF-8 file(s) skipped)")
+                        f"{len(skipped)} unreadable, binary or non-UTF-8 file(s) skipped)")
     return Corpus(text, str(path), tuple(files), tuple(skipped))
 
 

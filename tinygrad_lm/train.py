@@ -128,6 +128,7 @@ class Trainer:
         else:
             self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tcfg.tokenizer)
             self.model_config = GPTConfig(**{**(mcfg or {}), "vocab_size": self.tokenizer.vocab_size})
+        self._data_path = str(Path(tcfg.data).resolve()) if tcfg.data is not None else None
         self.data.check_block_size(self.model_config.block_size)
         manual_seed(tcfg.seed)
         self.model = GPT(self.model_config).to(tcfg.device)
@@ -152,7 +153,10 @@ class Trainer:
         set_rng_state(meta["global_rng"])
 
     def save(self):
-        meta = {"model_config": self.model_config.to_dict(), "train_config": asdict(self.cfg),
+        config = asdict(self.cfg)
+        if config["data"] is not None:  # absolute, so --resume works from any folder
+            config["data"] = self._data_path
+        meta = {"model_config": self.model_config.to_dict(), "train_config": config,
                 "tokenizer": self.tokenizer.to_dict(), "step": self.step, "best_val_loss": self.best_val,
                 "batch_rng": self.batch_rng.bit_generator.state, "global_rng": get_rng_state()}
         return save_checkpoint(self.out, self.model.state_dict(), meta, self.optimizer.state_dict())
