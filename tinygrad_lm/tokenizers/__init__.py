@@ -18,10 +18,11 @@ import json
 from pathlib import Path
 
 from .base import Tokenizer, token_dtype
+from .bpe import BPETokenizer
 from .byte import DEFAULT_SPECIAL_TOKENS, ByteTokenizer
 from .char import CharTokenizer, UnknownCharactersError
 
-TOKENIZERS = {"char": CharTokenizer, "byte": ByteTokenizer}
+TOKENIZERS = {"char": CharTokenizer, "byte": ByteTokenizer, "bpe": BPETokenizer}
 TOKENIZER_KINDS = tuple(TOKENIZERS)
 
 
@@ -58,5 +59,5 @@ def load_tokenizer(path) -> Tokenizer:
         raise ValueError(f"{path}: not a valid tokenizer file ({e})") from e
 
 
-__all__ = ["Tokenizer", "CharTokenizer", "ByteTokenizer", "UnknownCharactersError", "make_tokenizer",
+__all__ = ["Tokenizer", "CharTokenizer", "ByteTokenizer", "BPETokenizer", "UnknownCharactersError", "make_tokenizer",
            "load_tokenizer", "tokenizer_from_dict", "token_dtype", "TOKENIZER_KINDS", "DEFAULT_SPECIAL_TOKENS"]
