@@ -47,16 +47,48 @@ def tokenizer_from_dict(d: dict) -> Tokenizer:
 
 
 def load_tokenizer(path) -> Tokenizer:
-    """Read a tokenizer saved with ``Tokenizer.save``. FileNotFoundError if the file is
-    missing; ValueError (naming the path) if it is not a saved tokenizer."""
+    """Read a tokenizer file, whatever its format:
+
+    * our own JSON (``Tokenizer.save`` of a char/byte/bpe tokenizer, ``{"kind": ...}``);
+    * an HF ``tokenizer.json`` (byte-level BPE);
+    * a ``*.tiktoken`` ranks file, with its ``*.tiktoken.json`` sidecar (pattern, specials);
+    * a folder with GPT-2's ``vocab.json`` + ``merges.txt`` (+ our ``bpe.json``), or ``tokenizer.json``;
+    * a ``.gguf`` model file (its byte-level BPE tokenizer).
+
+    FileNotFoundError if nothing is there; one ValueError naming the path and what was expected
+    for anything else (another format, corrupt or truncated, a tokenizer we cannot reproduce).
+    """
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"tokenizer file not found: {path}")
+    # Each format's module loads only when a file of its kind is read (gguf is slow to import).
+    if path.is_dir():
+        from .formats import load_folder
+        return load_folder(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"GGUF" or path.suffix.lower() == ".gguf":
+        from .gguf_file import load_gguf_tokenizer
+        return load_gguf_tokenizer(path)
+    if path.suffix.lower() == ".tiktoken":
+        from .tiktoken_file import load_tiktoken
+        return load_tiktoken(path)
+    what = "a tokenizer file (our JSON, HF tokenizer.json, *.tiktoken, a GPT-2 folder or *.gguf)"
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-        return tokenizer_from_dict(d)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"tokenizer file not found: {path}") from None
-    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ValueError(f"{path}: not a valid tokenizer file ({e})") from e
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path}: not {what} (not valid UTF-8 JSON: {e})") from None
+    if isinstance(d, dict) and "kind" in d:
+        try:
+            return tokenizer_from_dict(d)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a valid tokenizer file ({e})") from e
+    from .formats import SIDECAR_FORMAT, bpe_from_hf_dict, is_hf_dict
+    if is_hf_dict(d):
+        return bpe_from_hf_dict(d, path)
+    if isinstance(d, dict) and d.get("format") == SIDECAR_FORMAT:
+        raise ValueError(f"{path}: this is the pattern/specials sidecar of a .tiktoken file or folder; load that instead")
+    raise ValueError(f"{path}: not {what}: JSON without \"kind\" or \"model\"")
 
 
 __all__ = ["Tokenizer", "CharTokenizer", "ByteTokenizer", "BPETokenizer", "UnknownCharactersError", "make_tokenizer",
