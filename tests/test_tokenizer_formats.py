@@ -3,6 +3,7 @@ give our ids, GGUF headers are read without trusting their counts, bad files giv
 naming the file, and SmolLM2's GGUF tokenizer matches references built from the same file."""
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import random
@@ -363,6 +364,17 @@ def test_tiktoken_without_its_sidecar_says_what_is_missing(tmp_path):
         load_tokenizer(tmp_path / "tok.tiktoken")
 
 
+def test_tiktoken_with_a_huge_token_fails_fast(tmp_path):
+    """A stranger's ranks with a 200,000-byte token that no merge builds: a clear error, in
+    n log n (tiktoken's rule is replayed with a heap, not by rescanning every pair)."""
+    lines = [f"{base64.b64encode(bytes([b])).decode()} {b}" for b in range(256)]
+    lines += [f"{base64.b64encode(b'ab').decode()} 256", f"{base64.b64encode(b'ab' * 100_000).decode()} 257"]
+    _write(tmp_path, "huge.tiktoken", "\n".join(lines))
+    _write(tmp_path, "huge.tiktoken.json", json.dumps({"format": "tinygrad_lm.bpe", "pattern": "gpt2"}))
+    with pytest.raises(ValueError, match=r"huge\.tiktoken.*not one merge"):
+        load_tokenizer(tmp_path / "huge.tiktoken")
+
+
 def test_folder_without_tokenizer_files(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty.*vocab.json"):
@@ -424,7 +436,8 @@ def smollm2_hf_reference():
 
 
 # Bytes SmolLM2 has no token for (0x04; 0xF1 leads U+40000): HF tokenizers and llama.cpp drop them.
-NO_TOKEN_BYTES = ["a\x04b", "x\U00040000y"]
+# HF drops them before merging, so "!\x04!" is the token "!!".
+NO_TOKEN_BYTES = ["a\x04b", "x\U00040000y", "!\x04!", "..\x06.."]
 CHAT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
         "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import json
 from pathlib import Path
 
@@ -21,17 +22,40 @@ from .formats import _from_sidecar, _sidecar, build, read_json
 
 def _bpe_parts(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
     """tiktoken's merge rule on ``token`` using only ranks below ``max_rank``: join the adjacent
-    pair whose concatenation has the lowest rank until none is left."""
-    parts = [token[i:i + 1] for i in range(len(token))]
-    while len(parts) > 1:
-        best, at = max_rank, -1
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1], max_rank)
-            if r < best:
-                best, at = r, i
-        if at < 0:
-            break
-        parts[at:at + 2] = [parts[at] + parts[at + 1]]
+    pair whose concatenation has the lowest rank (leftmost on a tie) until none is left.
+
+    With a heap of candidate pairs, so a stranger's file with very long tokens costs
+    O(n log n) per token, not the O(n^2) of rescanning every pair after each join."""
+    n = len(token)
+    nxt = list(range(1, n + 1))   # part starting at i ends at nxt[i]
+    prv = list(range(-1, n - 1))  # start of the part before the one starting at i
+    alive = [True] * n
+    heap: list[tuple[int, int, int, int]] = []
+
+    def push(i: int) -> None:     # the pair (part at i, the part after it)
+        j = nxt[i]
+        if j < n:
+            r = ranks.get(token[i:nxt[j]], max_rank)
+            if r < max_rank:
+                heapq.heappush(heap, (r, i, j, nxt[j]))
+
+    for i in range(n - 1):
+        push(i)
+    while heap:
+        _, i, j, k = heapq.heappop(heap)
+        if not (alive[i] and alive[j] and nxt[i] == j and nxt[j] == k):
+            continue              # stale: one of its parts has been joined since
+        alive[j] = False
+        nxt[i] = k
+        if k < n:
+            prv[k] = i
+        if prv[i] >= 0:
+            push(prv[i])
+        push(i)
+    parts, i = [], 0
+    while i < n:
+        parts.append(token[i:nxt[i]])
+        i = nxt[i]
     return parts
 
 
