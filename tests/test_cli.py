@@ -103,10 +103,14 @@ def test_generate_is_reproducible_and_continues_the_prompt(work, env, run):
 def test_eval_prints_loss_and_perplexity(work, env, run):
     res = tlm(work, env, "eval", "--ckpt", "tmp/run/ckpt.npz", "--data", "input.txt")
     assert res.returncode == 0, res.stderr
-    m = re.fullmatch(r"loss (\S+)  perplexity (\S+)  \((\S+) tokens, split val\)\n", res.stdout)
+    m = re.fullmatch(r"loss (\S+)  perplexity (\S+)  bits/byte (\S+)  \((\S+) tokens, (\S+) bytes, split val\)\n",
+                     res.stdout)
     assert m, res.stdout
-    loss, ppl, n = float(m[1]), float(m[2]), int(m[3].replace(",", ""))
+    loss, ppl, bpb = float(m[1]), float(m[2]), float(m[3])
+    n, n_bytes = int(m[4].replace(",", "")), int(m[5].replace(",", ""))
     assert ppl == pytest.approx(math.exp(loss), rel=1e-3)
+    assert n_bytes == n  # the text is ASCII: one byte per character token
+    assert bpb == pytest.approx(loss / math.log(2), rel=1e-3)
     vocab = len(set(TEXT))
     assert 0 < loss < 2 * math.log(vocab)  # barely trained: near log(vocab)
     assert n == 258 - 1  # the val split (10%) has 258 tokens: 257 targets

@@ -364,8 +364,20 @@ def cmd_eval(args) -> int:
     if bar is not None:
         bar.close()
     loss = total / count
-    print(f"loss {loss:.4f}  perplexity {math.exp(loss):.3f}  ({count:,} tokens, split {args.split})")
+    n_bytes = _utf8_length(tok, tokens[1:])  # the text of every scored target
+    bpb = total / math.log(2) / n_bytes
+    print(f"loss {loss:.4f}  perplexity {math.exp(loss):.3f}  bits/byte {bpb:.4f}  "
+          f"({count:,} tokens, {n_bytes:,} bytes, split {args.split})")
     return 0
+
+
+def _utf8_length(tok, ids) -> int:
+    """UTF-8 bytes spelled by ``ids``. Bits per byte (total nats / ln 2 / bytes) compares models
+    with different tokenizers, where per-token loss does not: a token may be a byte or a word."""
+    decode_bytes = getattr(tok, "decode_bytes", None)
+    if decode_bytes is not None:
+        return len(decode_bytes(ids))
+    return len(tok.decode(ids).encode("utf-8", "surrogatepass"))
 
 
 def cmd_info(args) -> int:
