@@ -46,11 +46,11 @@ POOL = (list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") * 3 + list(
            "<|im_start|>"])
 
 
-def draw_texts(n: int, seed: int = 0) -> list[str]:
+def draw_texts(n: int, seed: int = 0, pool: list[str] = POOL) -> list[str]:
     rng = random.Random(seed)
     fixed = ["", " ", "\n", "\r\n", "  \n\n ", "a  3", "x\n\n\ny", "don't STOP", "1234567", "$3.99",
              "<|endoftext|>hi<|im_start|>", CORPUS[:300], "🏳️‍🌈 e\u0301\u0301", "tab\tand  two  spaces  "]
-    return fixed + ["".join(rng.choice(POOL) for _ in range(rng.randint(1, 40))) for _ in range(n)]
+    return fixed + ["".join(rng.choice(pool) for _ in range(rng.randint(1, 40))) for _ in range(n)]
 
 
 TEXTS = draw_texts(300)
@@ -414,12 +414,18 @@ def smollm2():
 
 
 @pytest.fixture(scope="module")
-def smollm2_hf_reference():
+def smollm2_fields():
+    """The GGUF header of SmolLM2 as gguf's own GGUFReader reads it (about 2 s)."""
+    return gguf.GGUFReader(str(smollm2_path())).fields
+
+
+@pytest.fixture(scope="module")
+def smollm2_hf_reference(smollm2_fields):
     """SmolLM2's tokenizer rebuilt with HF tokenizers from the GGUF's own metadata, read by gguf's
     GGUFReader (not our reader): its vocabulary and merges, control tokens as added tokens, and
     the pipeline of SmolLM2's tokenizer.json (Digits(individual_digits) then ByteLevel), which
     llama.cpp calls pre-tokenizer "smollm"."""
-    fields = gguf.GGUFReader(str(smollm2_path())).fields
+    fields = smollm2_fields
     tokens = fields["tokenizer.ggml.tokens"].contents()
     types = fields["tokenizer.ggml.token_type"].contents()
     assert fields["tokenizer.ggml.pre"].contents() == "smollm"
@@ -457,9 +463,8 @@ def test_smollm2_known_facts(smollm2):
 
 
 @needs_smollm2
-def test_smollm2_gguf_header_matches_gguf_reader():
-    reader = gguf.GGUFReader(str(smollm2_path()))
-    theirs = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+def test_smollm2_gguf_header_matches_gguf_reader(smollm2_fields):
+    theirs = {k: f.contents() for k, f in smollm2_fields.items() if k.startswith("tokenizer.")}
     assert read_gguf_metadata(smollm2_path(), prefix="tokenizer.") == theirs
 
 
@@ -479,7 +484,8 @@ def test_smollm2_same_ids_as_transformers(smollm2):
     # characters ("4\r\n²": it gives "\r", "\n", ours and SmolLM2's tokenizer.json give "\r\n").
     # Compare where that step cannot matter; the HF tokenizers reference above covers digits.
     number = regex.compile(r"\p{N}")
-    texts = [t for t in TEXTS + draw_texts(200, seed=2) + [CHAT] + NO_TOKEN_BYTES if not number.search(t)]
-    assert len(texts) > 150
+    pool = [p for p in POOL if not number.search(p)]
+    texts = [t for t in draw_texts(300, seed=2, pool=pool) + [CHAT, CORPUS] + NO_TOKEN_BYTES if not number.search(t)]
+    assert len(texts) > 300
     for text in texts:
         assert smollm2.encode(text, allowed_special="all") == ref.encode(text, add_special_tokens=False), text
