@@ -142,6 +142,20 @@ def test_tiktoken_reads_our_ranks_with_our_ids(tmp_path, pattern):
         assert enc.decode(ids) == tok.decode(ids)
 
 
+def test_hf_tokenizers_reads_our_gpt2_folder_with_our_ids(tmp_path):
+    """vocab.json + merges.txt as HF's GPT-2 loader reads them (BPE.from_file + ByteLevel)."""
+    tok = trained("gpt2")
+    save_tokenizer(tok, tmp_path / "gpt2")
+    hf = tokenizers.Tokenizer(tokenizers.models.BPE.from_file(str(tmp_path / "gpt2" / "vocab.json"),
+                                                              str(tmp_path / "gpt2" / "merges.txt")))
+    hf.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = tokenizers.decoders.ByteLevel()
+    for text in TEXTS:
+        ids = tok.encode(text, allowed_special="none")  # specials as text: vocab.json holds none
+        assert hf.encode(text).ids == ids, text
+        assert hf.decode(ids) == tok.decode(ids), text
+
+
 def test_merges_recovered_from_ranks_are_the_trained_ones():
     tok = trained("gpt4")
     assert merges_from_ranks(tok.vocab) == tok.merges

@@ -223,7 +223,11 @@ def _hf_pattern(pre, path: Path) -> str:
 
 def bpe_from_hf_dict(d: dict, path) -> BPETokenizer:
     """A BPETokenizer from parsed HF tokenizer.json data; ValueError naming ``path`` for anything
-    this byte-level BPE cannot reproduce (other models, normalizers, byte fallback, ...)."""
+    this byte-level BPE cannot reproduce (other models, normalizers, byte fallback, ...).
+
+    Added tokens, special or not, become our special tokens. ``ignore_merges`` (Llama 3: a chunk
+    that is itself a token is taken whole) is read as plain merging, which gives the same ids
+    wherever a token is what its own bytes merge to, as in vocabularies trained by BPE."""
     path = Path(path)
     m = d["model"]
     if m.get("type") != "BPE":
