@@ -448,7 +448,8 @@ def smollm2_hf_reference(smollm2_fields):
             "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
                 {"type": "Digits", "individual_digits": True}, byte_level]},
             "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-                              "normalized": False, "special": True} for i, (t, k) in enumerate(zip(tokens, types)) if k == 3],
+                              "normalized": False, "special": True}
+                             for i, (t, k) in enumerate(zip(tokens, types)) if k == 3],  # 3: control
             "model": {"type": "BPE", "dropout": None, "unk_token": None, "fuse_unk": False, "byte_fallback": False,
                       "vocab": {t: i for i, t in enumerate(tokens)},
                       "merges": fields["tokenizer.ggml.merges"].contents()}}

@@ -33,8 +33,10 @@ _MAX_DEPTH = 4  # arrays of arrays are legal; a deeper nest is a corrupt or host
 # llama.cpp's tokenizer.ggml.pre names -> our patterns. The regexes are those models' tokenizer.json
 # splits (llama.cpp re-implements them by hand): "smollm" and "starcoder" put each number character
 # alone before GPT-2's split; Llama 3 and Qwen2 are cl100k-like.
-LLAMA3 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-QWEN2 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+LLAMA3 = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
+          r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+QWEN2 = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+         r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 GGUF_PRE = {"gpt-2": "gpt2", "smollm": "smollm", "starcoder": "smollm", "llama-bpe": LLAMA3, "qwen2": QWEN2}
 
 # token_type values (llama.cpp's llama_token_type): normal and byte tokens are BPE pieces spelled
