@@ -10,8 +10,11 @@ A token is a byte string. The vocabulary starts with the 256 single bytes, and e
    has the lowest rank (the earliest learned; leftmost on a tie) until no listed pair is left.
 
 Step 3 is :func:`bpe_merge_reference` below, in plain Python; the fast path runs the same
-algorithm in a Numba kernel (tinygrad_lm.kernels.cpu.bpe) over all the chunks not yet seen,
-and a chunk cache (chunk -> ids) makes every later occurrence of a word one dict lookup.
+algorithm in a Numba kernel (tinygrad_lm.kernels.cpu.bpe), and a chunk cache (chunk -> ids)
+makes every later occurrence of a word one lookup. For the named patterns steps 2-3 run in one
+kernel call over the text (kernels/cpu/bpe_text.py: a scanner per pattern, the cache a hash
+table of that call); for a regex of the user's, the ``regex`` package splits, a dict kept
+across calls caches, and the unseen chunks go to the kernel in one batch.
 
 Ids need not follow byte order: GPT-2 and SmolLM2 give single bytes other ids, so ``vocab``
 maps each token's bytes to its id and merges name their parts by bytes. Training
@@ -35,6 +38,8 @@ from .patterns import PATTERNS, make_splitter, resolve_pattern
 
 CACHE_LIMIT = 1 << 18       # chunks kept in the cache (a few tens of MB); cleared when full
 CACHE_MAX_CHUNK = 256       # longer chunks (pattern "none") are not kept: they rarely repeat
+# kernels/cpu/bpe_text.py's scanner per named pattern (kept here so that no Numba loads to build one)
+TEXT_PATTERN_IDS = {"none": 0, "gpt2": 1, "gpt4": 2, "digits": 3, "smollm": 3}
 
 
 def bpe_merge_reference(ids: list[int], ranks: dict[tuple[int, int], int], merged: list[int]) -> list[int]:
@@ -54,10 +59,11 @@ def bpe_merge_reference(ids: list[int], ranks: dict[tuple[int, int], int], merge
     return ids
 
 
-def _kernel():
-    """The Numba kernels, imported at the first encode: building or decoding needs no Numba."""
-    from tinygrad_lm.kernels.cpu import bpe
-    return bpe
+def _kernels():
+    """The Numba kernels (chunks; whole texts), imported at the first encode: building or
+    decoding a tokenizer needs no Numba."""
+    from tinygrad_lm.kernels.cpu import bpe, bpe_text
+    return bpe, bpe_text
 
 
 def _latin1(b: bytes) -> str:
@@ -94,6 +100,8 @@ class BPETokenizer(Tokenizer):
         self._right = np.array([self.vocab[b] for _, b in self.merges], np.int32)
         self._merged = np.array([self.vocab[a + b] for a, b in self.merges], np.int32)
         self._table = None         # the kernel's merge table, built at the first encode
+        # named patterns: split by the kernel's scanners; a regex of the user's: by the regex package
+        self._text_pattern = TEXT_PATTERN_IDS.get(self.pattern_name)
         self._split = make_splitter(self.pattern, self.pattern_name)
         self._cache: dict[str, tuple[int, ...]] = {}
         self._special_regex = {}   # frozenset of allowed specials -> compiled alternation
@@ -142,15 +150,21 @@ class BPETokenizer(Tokenizer):
         * ``"all"``: every special spelling becomes its id;
         * a set of special tokens: those become ids, the others still raise;
         * ``"none"``: specials are ordinary text (split and merged like any other)."""
-        return list(self._encode_iter(text, allowed_special))
+        return self._join(*self._pieces(text, allowed_special)).tolist()
 
     def encode_array(self, text: str, dtype=np.int64, allowed_special: Collection[str] | str = "none_raise") -> np.ndarray:
         """Text -> 1-D array of ids (what the data pipeline stores)."""
-        return np.fromiter(self._encode_iter(text, allowed_special), dtype=dtype)
+        return self._join(*self._pieces(text, allowed_special)).astype(dtype, copy=False)
 
     def encode_batch(self, texts: Iterable[str], allowed_special: Collection[str] | str = "none_raise") -> list[list[int]]:
-        """``encode`` of each text (they share the chunk cache)."""
-        return [self.encode(t, allowed_special) for t in texts]
+        """``encode`` of each text. With a named pattern and no special token to place, the texts
+        go to the kernel in one call and share its chunk cache."""
+        split = [self._pieces(t, allowed_special) for t in texts]
+        if self._text_pattern is not None and all(not specials for _, specials in split):
+            ids, ends = self._encode_named([pieces[0] for pieces, _ in split])
+            starts = [0] + ends.tolist()
+            return [ids[a:b].tolist() for a, b in zip(starts, starts[1:])]
+        return [self._join(pieces, specials).tolist() for pieces, specials in split]
 
     def _specials_for(self, allowed_special) -> tuple[list[str], list[str]]:
         """(allowed, disallowed) special tokens for an ``allowed_special`` argument."""
@@ -170,7 +184,9 @@ class BPETokenizer(Tokenizer):
             raise ValueError(f"not special tokens of this tokenizer: {unknown} (it has {sorted(every)})")
         return [s for s in every if s in allowed], [s for s in every if s not in allowed]
 
-    def _encode_iter(self, text: str, allowed_special) -> Iterable[int]:
+    def _pieces(self, text: str, allowed_special) -> tuple[list[str], list[int]]:
+        """The text cut at the allowed special tokens: n + 1 pieces of ordinary text and the n
+        special ids between them. Raises if a special token that is not allowed occurs."""
         if not isinstance(text, str):
             raise TypeError(f"encode takes a str, got {type(text).__name__}")
         allowed, disallowed = self._specials_for(allowed_special)
@@ -180,24 +196,54 @@ class BPETokenizer(Tokenizer):
                                  f"with it) to encode it as its id, or allowed_special='none' to encode it as text")
         allowed = [s for s in allowed if s in text]
         if not allowed:
-            return self._encode_ordinary(text)
+            return [text], []
         key = frozenset(allowed)
         if key not in self._special_regex:
             import regex
             # longest first: with "<|a|>" and "<|a|>x" both allowed, the longer one wins
-            self._special_regex[key] = regex.compile("|".join(regex.escape(s) for s in sorted(allowed, key=lambda s: (-len(s), s))))
-        parts, start = [], 0
+            order = sorted(allowed, key=lambda s: (-len(s), s))
+            self._special_regex[key] = regex.compile("|".join(regex.escape(s) for s in order))
+        pieces, specials, start = [], [], 0
         for m in self._special_regex[key].finditer(text):
-            # a list now: a later piece may clear the cache a lazy iterator would read
-            parts.append(list(self._encode_ordinary(text[start:m.start()])))
-            parts.append((self.special_tokens[m.group()],))
+            pieces.append(text[start:m.start()])
+            specials.append(self.special_tokens[m.group()])
             start = m.end()
-        parts.append(list(self._encode_ordinary(text[start:])))
-        return chain.from_iterable(parts)
+        pieces.append(text[start:])
+        return pieces, specials
 
-    def _encode_ordinary(self, text: str) -> Iterable[int]:
-        """Ids of text with no special tokens: chunks -> cached ids; unseen chunks go to the kernel
-        in one batch. Returns an iterator (the callers build a list or an array from it)."""
+    def _join(self, pieces: list[str], specials: list[int]) -> np.ndarray:
+        """Ids of the pieces with the special ids between them."""
+        if self._text_pattern is not None:
+            ids, ends = self._encode_named(pieces)
+        else:
+            parts = [self._encode_ordinary(p) for p in pieces]
+            ids = np.fromiter(chain.from_iterable(parts), np.int64)
+            ends = np.cumsum([len(p) for p in parts])
+        if specials:
+            ids = np.insert(ids, ends[:-1], specials)   # special k goes right after piece k
+        return ids
+
+    def _merge_table(self):
+        """(keys, ranks, bits): merge ranks by pair id, built once, at the first encode."""
+        if self._table is None:
+            kernel = _kernels()[0]
+            bits = int(kernel.table_bits(max(len(self.merges), 1)))
+            self._table = (*kernel.build_merge_table(self._left, self._right, bits), bits)
+        return self._table
+
+    def _encode_named(self, pieces: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """A named pattern: split, cache and merge in one kernel call over the pieces' code points.
+        Returns (ids int32, where each piece's ids end)."""
+        text_kernel = _kernels()[1]
+        joined = pieces[0] if len(pieces) == 1 else "".join(pieces)
+        cps = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), np.uint32)
+        ends = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
+        return text_kernel.encode_text(cps, ends, text_kernel.char_classes(), self._text_pattern, self._byte_ids,
+                                       *self._merge_table(), self._merged)
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        """A regex of the user's: the ``regex`` package splits, a dict caches chunk -> ids, and the
+        chunks not seen before go to the kernel in one batch."""
         chunks = self._split(text)
         cache = self._cache
         missing = set(chunks).difference(cache)   # C speed: a dict argument is probed, not copied
@@ -206,12 +252,11 @@ class BPETokenizer(Tokenizer):
             if len(cache) + len(missing) > CACHE_LIMIT:
                 cache.clear()
             cache.update(zip(missing, self._encode_chunks(missing)))
-            ids = list(chain.from_iterable(map(cache.__getitem__, chunks)))
-            for c in missing:
-                if len(c) > CACHE_MAX_CHUNK:
-                    del cache[c]
-            return ids
-        return chain.from_iterable(map(cache.__getitem__, chunks))
+        ids = list(chain.from_iterable(map(cache.__getitem__, chunks)))
+        for c in missing:
+            if len(c) > CACHE_MAX_CHUNK:
+                del cache[c]
+        return ids
 
     def _encode_chunks(self, chunks: list[str]) -> list[tuple[int, ...]]:
         """The kernel over many chunks at once: their bytes back to back, with offsets."""
@@ -219,12 +264,8 @@ class BPETokenizer(Tokenizer):
         offsets = np.zeros(len(raw) + 1, np.int64)
         np.cumsum(np.fromiter(map(len, raw), np.int64, len(raw)), out=offsets[1:])
         buf = np.frombuffer(b"".join(raw), np.uint8)
-        kernel = _kernel()
-        if self._table is None:
-            bits = int(kernel.table_bits(max(len(self.merges), 1)))
-            self._table = (*kernel.build_merge_table(self._left, self._right, bits), bits)
-        keys, ranks, bits = self._table
-        ids, out_offsets = kernel.encode_chunks(buf, offsets, self._byte_ids, keys, ranks, bits, self._merged)
+        ids, out_offsets = _kernels()[0].encode_chunks(buf, offsets, self._byte_ids, *self._merge_table(),
+                                                       self._merged)
         ids, o = ids.tolist(), out_offsets.tolist()
         return [tuple(ids[o[k]:o[k + 1]]) for k in range(len(raw))]
 

@@ -138,6 +138,7 @@ def learn_merges(chunk_counts: dict[str, int], n_new: int, progress: bool = Fals
         while worker.is_alive():
             worker.join(0.1)
             bar.update(int(done[0]) - bar.n)
+        bar.update(int(done[0]) - bar.n)
     if error:
         raise error[0]
     return result[0]
