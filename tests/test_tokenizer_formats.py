@@ -243,11 +243,12 @@ def test_hf_json_with_smollm2s_digits_step(tmp_path):
 
 
 # --- GGUF -------------------------------------------------------------------------------------------------
-def write_gguf(path: Path, tok: BPETokenizer, pre: str = "smollm", model: str = "gpt2") -> None:
+def write_gguf(path: Path, tok: BPETokenizer, pre: str = "smollm", model: str = "gpt2", big_endian=False) -> None:
     """``tok`` as llama.cpp stores a tokenizer (ids must be 0..n-1: a token's index is its id)."""
     by_id = {i: spell(b) for b, i in tok.vocab.items()} | {i: s for s, i in tok.special_tokens.items()}
     assert sorted(by_id) == list(range(len(by_id)))
-    w = gguf.GGUFWriter(str(path), "llama")
+    order = gguf.GGUFEndian.BIG if big_endian else gguf.GGUFEndian.LITTLE
+    w = gguf.GGUFWriter(str(path), "llama", endianess=order)
     w.add_tokenizer_model(model)
     w.add_tokenizer_pre(pre)
     w.add_token_list([by_id[i] for i in range(len(by_id))])
@@ -285,6 +286,14 @@ def _offset_after(data: bytes, key: str) -> int:
     k = key.encode()
     at = data.index(struct.pack("<Q", len(k)) + k)
     return at + 8 + len(k) + 4
+
+
+def test_big_endian_gguf(tmp_path):
+    tok, _ = permuted(trained("gpt2"))
+    write_gguf(tmp_path / "be.gguf", tok, pre="gpt-2", big_endian=True)
+    assert (tmp_path / "be.gguf").read_bytes()[4:8] == b"\x00\x00\x00\x03"  # version 3, big-endian
+    same_tokenizer(load_tokenizer(tmp_path / "be.gguf"), tok)
+    assert read_gguf_tokenizer(tmp_path / "be.gguf")["bos_token_id"] == 1
 
 
 @pytest.mark.parametrize("damage", ["truncate", "huge_array", "huge_string", "huge_kv_count", "version",
