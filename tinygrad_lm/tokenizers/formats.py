@@ -200,7 +200,7 @@ def is_hf_dict(d) -> bool:
     return isinstance(d, dict) and isinstance(d.get("model"), dict) and "type" in d["model"]
 
 
-def _hf_pattern(pre, path: Path) -> str:
+def _pattern_of_hf_pre_tokenizer(pre, path: Path) -> str:
     """Our pattern for an HF pre-tokenizer: ByteLevel(use_regex) = "gpt2", Split(regex) + ByteLevel
     = that regex, Digits(individual) + ByteLevel(use_regex) = "smollm" (SmolLM2's file)."""
     steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
@@ -238,7 +238,7 @@ def bpe_from_hf_dict(d: dict, path) -> BPETokenizer:
         unsupported["normalizer"] = d["normalizer"]
     if unsupported:
         raise ValueError(f"{path}: unsupported tokenizer.json settings {unsupported}")
-    pattern = _hf_pattern(d.get("pre_tokenizer"), path)
+    pattern = _pattern_of_hf_pre_tokenizer(d.get("pre_tokenizer"), path)
     vocab_s, merges_s, added = m.get("vocab"), m.get("merges"), d.get("added_tokens") or []
     if not isinstance(vocab_s, dict) or not isinstance(merges_s, list) or not isinstance(added, list):
         raise ValueError(f"{path}: expected model.vocab {{token: id}}, model.merges [...] and added_tokens [...]")
