@@ -166,7 +166,7 @@ def test_help_shows_every_default_and_allowed_values(capsys):
     assert e.value.code == 0
     flat = " ".join(capsys.readouterr().out.split())
     for fragment in ("--pos {learned,rope,sinusoidal}", "--norm {layernorm,rmsnorm}",
-                     "--mlp {gelu,gelu_tanh,swiglu}", "--tokenizer {char,byte}", "--preset {tiny,small,gpt2}",
+                     "--mlp {gelu,gelu_tanh,swiglu}", "--tokenizer {char,byte,bpe}", "--preset {tiny,small,gpt2}",
                      "context length in tokens (default: 64)", "--learning_rate X, --learning-rate X, --lr X",
                      "(default: 1337)", "--overwrite", "GPT-2 124M"):
         assert fragment in flat, fragment

@@ -437,7 +437,8 @@ def test_trainconfig_defaults_and_field_names():
     (dict(beta2=-0.1), "beta2"),
     (dict(beta1=float("nan")), "beta1"),
     (dict(beta2="0.9"), "beta2"),
-    (dict(tokenizer="bpe"), "tokenizer"),
+    (dict(tokenizer="wordpiece"), "tokenizer"),
+    (dict(bpe_vocab_size=256), "bpe_vocab_size"),
     (dict(device="tpu"), "tpu"),
 ])
 def test_trainconfig_validation(kw, match):

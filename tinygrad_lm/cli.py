@@ -27,7 +27,7 @@ from .train import TrainConfig, Trainer, TrainingError, existing_run
 PROG = "tinygrad-lm"
 DEFAULT_OUT = "out"
 # flags written out by hand; every other GPTConfig / TrainConfig field becomes --name VALUE
-_EXPLICIT = {"out_dir", "data", "tokenizer", "device", "seed", "vocab_size", "progress"}
+_EXPLICIT = {"out_dir", "data", "tokenizer", "bpe_vocab_size", "device", "seed", "vocab_size", "progress"}
 # one line of --help for every model and training field that is a flag (a test keeps this complete)
 FIELD_HELP = {
     "block_size": "context length in tokens",
@@ -146,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", metavar="PATH",
                    help="UTF-8 text file or folder (default: the first 4 MB of this Python's standard library source)")
     t.add_argument("--tokenizer", choices=TOKENIZER_KINDS, default="char",
-                   help="char: the text's own characters; byte: UTF-8 bytes, any text")
+                   help="char: the text's own characters; byte: UTF-8 bytes, any text; bpe: a byte-level BPE "
+                        "trained on the training text first (cached), stored in the checkpoint")
+    t.add_argument("--vocab_size", "--vocab-size", dest="bpe_vocab_size", type=int, default=4096, metavar="N",
+                   help="tokens of the BPE vocabulary (with --tokenizer bpe)")
     t.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET, metavar="{" + ",".join(PRESETS) + "}",
                    help="model and training recipe: " + "; ".join(f"{k}: {v['about']}" for k, v in PRESETS.items()))
     t.add_argument("--out", "--out_dir", dest="out_dir", default=None, metavar="DIR",
@@ -182,6 +185,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="windows of block_size tokens per forward pass")
     e.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="where to run")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    k = sub.add_parser("tokenizer", help="train a BPE tokenizer, or show how one splits a text")
+    ksub = k.add_subparsers(dest="tokenizer_command", parser_class=_Parser, metavar="{train,encode}")
+    kt = ksub.add_parser("train", help="learn a byte-level BPE vocabulary from text files")
+    kt.add_argument("--data", required=True, metavar="PATH", help="UTF-8 text file or folder")
+    kt.add_argument("--vocab-size", "--vocab_size", dest="vocab_size", type=int, default=4096, metavar="N",
+                    help="tokens in all: 256 bytes, the merges, the special tokens")
+    kt.add_argument("--pattern", default="gpt4", metavar="NAME|REGEX",
+                    help="pre-tokenizer: gpt2, gpt4 (cl100k), digits (every digit alone, as SmolLM), none, or a regex")
+    kt.add_argument("--special", action="append", metavar="TOKEN",
+                    help="a special token (repeat for more; default: <|endoftext|>)")
+    kt.add_argument("--out", required=True, metavar="PATH",
+                    help="*.json: HF tokenizer.json; *.tiktoken: tiktoken ranks; a folder: GPT-2 vocab.json + merges.txt")
+    kt.add_argument("--quiet", action="store_true", help="no progress bar")
+    ke = ksub.add_parser("encode", help="show the tokens of a text, bracketed, and their ids")
+    ke.add_argument("--tokenizer", required=True, metavar="PATH",
+                    help="a tokenizer file or folder (any format `tokenizer train` writes, HF tokenizer.json, .gguf)")
+    ke.add_argument("text", help="the text to encode")
 
     i = sub.add_parser("info", help="parameter count, FLOPs per token, memory and config")
     src = i.add_mutually_exclusive_group(required=True)
@@ -239,7 +260,7 @@ def cmd_train(args) -> int:
     if not args.resume and getattr(args, "lr_decay_iters", None) is None and args.max_iters is not None:
         tvals["lr_decay_iters"] = tvals["max_iters"]  # a shorter run decays over its own length
     tcfg = TrainConfig(out_dir=args.out_dir, data=args.data, tokenizer=args.tokenizer, device=args.device,
-                       seed=args.seed, progress=not args.quiet, **tvals)
+                       seed=args.seed, progress=not args.quiet, bpe_vocab_size=args.bpe_vocab_size, **tvals)
     GPTConfig(**{**mcfg, "vocab_size": 1})  # validate the model options before loading any data
     trainer = Trainer(tcfg, mcfg, resume=args.resume, overwrite=args.overwrite, log=lambda s: print(s, flush=True))
     m = trainer.model
@@ -409,7 +430,46 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "info": cmd_info}
+def cmd_tokenizer(args) -> int:
+    import time
+
+    from .data import read_corpus
+    from .tokenizers import BPETokenizer, load_tokenizer
+    from .tokenizers.formats import save_tokenizer
+    if args.tokenizer_command == "train":
+        corpus = read_corpus(args.data)
+        t0 = time.perf_counter()
+        tok = BPETokenizer.train(corpus.text, args.vocab_size, pattern=args.pattern,
+                                 special_tokens=args.special or ("<|endoftext|>",), progress=not args.quiet)
+        seconds = time.perf_counter() - t0
+        save_tokenizer(tok, args.out)
+        n_bytes = len(corpus.text.encode("utf-8", "surrogatepass"))
+        n_tokens = len(tok.encode(corpus.text, allowed_special="none"))
+        print(f"trained a BPE of {tok.vocab_size:,} tokens (pattern {tok.pattern_name or 'custom'}) on "
+              f"{n_bytes:,} bytes of {corpus.name} in {seconds:.1f} s; it encodes them as {n_tokens:,} tokens "
+              f"({n_bytes / max(n_tokens, 1):.2f} bytes per token); saved to {args.out}")
+        return 0
+    if args.tokenizer_command == "encode":
+        tok = load_tokenizer(args.tokenizer)
+        ids = tok.encode(args.text, allowed_special="all") if isinstance(tok, BPETokenizer) else tok.encode(args.text)
+        print("".join(f"[{_piece(tok, i)}]" for i in ids))
+        print(" ".join(map(str, ids)))
+        print(f"{len(ids)} tokens, {len(args.text.encode('utf-8', 'surrogatepass'))} bytes")
+        return 0
+    raise UsageError("choose a tokenizer command: train, encode")
+
+
+def _piece(tok, i: int) -> str:
+    """How token ``i`` reads: its text, or <xx xx> for bytes that are not whole UTF-8 characters."""
+    raw = tok.id_to_bytes(i) if hasattr(tok, "id_to_bytes") else tok.decode([i]).encode("utf-8", "surrogatepass")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "<" + " ".join(f"{b:02x}" for b in raw) + ">"
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "tokenizer": cmd_tokenizer,
+            "info": cmd_info}
 
 
 def main(argv=None) -> int:

@@ -252,6 +252,29 @@ def _read_cache(bin_path: Path, meta_path: Path, expect: dict):
         return None  # missing or damaged: rebuild it
 
 
+def trained_bpe(text: str, vocab_size: int, cache_dir=None, progress: bool = False) -> Tokenizer:
+    """A byte-level BPE (pattern "gpt4", special token <|endoftext|>) trained on ``text``, cached
+    under ``<cache>/tokenizers/`` by a hash of the text and the settings: training takes seconds
+    to minutes, and the same data and settings always give the same merges."""
+    from .tokenizers import BPETokenizer
+    pattern, specials = "gpt4", ("<|endoftext|>",)
+    settings = canonical_json({"vocab_size": vocab_size, "pattern": pattern, "specials": specials})
+    key = hashlib.sha256(f"{text}\n{settings}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path = folder / "tokenizers" / f"bpe-{key}.json"
+    try:
+        return tokenizer_from_dict(json.loads(path.read_text(encoding="ascii")))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not there yet, or damaged: train it
+    tok = BPETokenizer.train(text, vocab_size, pattern=pattern, special_tokens=specials, progress=progress)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, (canonical_json(tok.to_dict()) + "\n").encode("ascii"))
+    except OSError as e:
+        warnings.warn(f"could not cache the trained tokenizer in {folder} ({e})", stacklevel=2)
+    return tok
+
+
 # ---------------------------------------------------------------- dataset
 
 @dataclass
@@ -307,13 +330,17 @@ class TokenData:
 
 def load_dataset(path=None, tokenizer: str | Tokenizer = "char", cache_dir=None, *,
                  max_bytes: int | None = DEFAULT_CORPUS_BYTES,
-                 train_fraction: float = TRAIN_FRACTION) -> tuple[TokenData, Tokenizer]:
+                 train_fraction: float = TRAIN_FRACTION, bpe_vocab_size: int = 4096,
+                 progress: bool = False) -> tuple[TokenData, Tokenizer]:
     """Read, tokenize (or load from cache) and split a corpus.
 
     path:       text file, folder, or None for the default corpus (capped at ``max_bytes``).
-    tokenizer:  "char" (vocabulary built from the whole text), "byte", or a Tokenizer
+    tokenizer:  "char" (vocabulary built from the whole text), "byte", "bpe" (a byte-level
+                BPE of ``bpe_vocab_size`` tokens, pattern "gpt4", trained on the first
+                ``train_fraction`` of the text and cached, see trained_bpe), or a Tokenizer
                 instance (e.g. a checkpoint's; a char vocabulary missing some of the
                 text's characters raises UnknownCharactersError, a ValueError).
+    progress:   a progress bar (stderr) while a BPE is trained.
     cache_dir:  cache root (see module docstring). If it cannot be written, a warning
                 is issued and the tokens stay in memory.
     Returns (data, data.tokenizer).
@@ -321,6 +348,9 @@ def load_dataset(path=None, tokenizer: str | Tokenizer = "char", cache_dir=None,
     if not 0 < train_fraction < 1:
         raise ValueError(f"train_fraction must be between 0 and 1, got {train_fraction}")
     corpus = default_corpus(max_bytes) if path is None else read_corpus(path)
+    if tokenizer == "bpe":
+        tokenizer = trained_bpe(corpus.text[:int(len(corpus.text) * train_fraction)], bpe_vocab_size,
+                                cache_dir, progress)
     if isinstance(tokenizer, Tokenizer):
         tok_spec = tokenizer.fingerprint()
     elif tokenizer == "char":

@@ -39,7 +39,8 @@ class TrainConfig:
     """Training options, named as in nanoGPT's train.py."""
     out_dir: str = "out"
     data: str | None = None            # text file or folder; None: the built-in corpus
-    tokenizer: str = "char"            # "char" | "byte"
+    tokenizer: str = "char"            # "char" | "byte" | "bpe"
+    bpe_vocab_size: int = 4096         # tokens of the BPE trained on the training text (tokenizer "bpe")
     device: str = "cpu"
     seed: int = 1337
     batch_size: int = 12
@@ -79,8 +80,11 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1):
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.tokenizer not in ("char", "byte"):
-            raise ValueError(f"tokenizer must be 'char' or 'byte', got {self.tokenizer!r}")
+        if self.tokenizer not in ("char", "byte", "bpe"):
+            raise ValueError(f"tokenizer must be 'char', 'byte' or 'bpe', got {self.tokenizer!r}")
+        v = self.bpe_vocab_size
+        if not isinstance(v, int) or isinstance(v, bool) or v < 257:
+            raise ValueError(f"bpe_vocab_size must be an integer >= 257 (the 256 bytes and <|endoftext|>), got {v!r}")
         self.device = backend.normalize_device(self.device)
 
     @classmethod
@@ -126,7 +130,8 @@ class Trainer:
             self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tokenizer_from_dict(meta["tokenizer"]))
             self.model_config = GPTConfig.from_dict(meta["model_config"])
         else:
-            self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tcfg.tokenizer)
+            self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tcfg.tokenizer,
+                                                     bpe_vocab_size=tcfg.bpe_vocab_size, progress=tcfg.progress)
             self.model_config = GPTConfig(**{**(mcfg or {}), "vocab_size": self.tokenizer.vocab_size})
         self._data_path = str(Path(tcfg.data).resolve()) if tcfg.data is not None else None
         self.data.check_block_size(self.model_config.block_size)
