@@ -75,8 +75,8 @@ def test_given_char_tokenizer_missing_chars(text_file, cache):
 
 
 def test_unknown_tokenizer_kind(text_file, cache):
-    with pytest.raises(ValueError, match="bpe"):
-        D.load_dataset(text_file, "bpe", cache_dir=cache)
+    with pytest.raises(ValueError, match="wordpiece"):
+        D.load_dataset(text_file, "wordpiece", cache_dir=cache)
 
 
 # ---------------------------------------------------------------- cache
