@@ -8,12 +8,12 @@ import random
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tinygrad_lm.data import default_corpus_text
 from tinygrad_lm.tokenizers import BPETokenizer, tokenizer_from_dict
-from tinygrad_lm.tokenizers.bpe import bpe_merge_reference
+from tinygrad_lm.tokenizers.bpe import TEXT_PATTERN_IDS, bpe_merge_reference
 from tinygrad_lm.tokenizers.bpe_train import count_chunks, learn_merges, train_reference
 from tinygrad_lm.tokenizers.patterns import GPT2, GPT4, PATTERNS, hf_pattern, resolve_pattern
 
@@ -97,9 +97,22 @@ def ordinary(text: str) -> str:
     return text.replace(EOT, "")
 
 
+# Where the patterns differ from naive versions of themselves.
+EDGES = ["a  3", "x 3", "a\n\n3", "999999999", "1234567890", "x\n  ", "  \n", "\n\n\n", "a \r\n\r\n b",
+         "'ſ'S'LL'll'Ve", "it's", "'''", "\t\tfoo", "(self):\n    return", "\u00a0x", "x\x1c y", "ab!!\n\ncd",
+         "e\u0301\u0301", "日本語 text", "", " ", "😀😀 😀", "x\x85\u2028y"]
+
+
+def edge_cases(test):
+    for text in EDGES:
+        test = example(text=text)(test)
+    return test
+
+
 # ---- the same ids as tiktoken and HF tokenizers ---------------------------------------------------
 
 @settings(max_examples=60)
+@edge_cases
 @given(text=texts)
 def test_ids_equal_tiktoken_and_hf(trained, text):
     tok, tt, hft = trained
@@ -121,6 +134,36 @@ def test_ids_equal_on_real_text(trained, corpus):
     assert tok.encode_array(text, dtype=np.uint16).tolist() == ids
     assert tok.decode(ids) == text
     assert len(ids) < len(text.encode()) / 2.5   # the merges compress what they were trained on
+
+
+@settings(max_examples=60)
+@edge_cases
+@given(text=st.one_of(texts, st.text()))
+def test_scanners_split_as_the_regex(text):
+    # the kernel's hand-written scanners cut exactly where regex.findall does (lone surrogates too)
+    import regex
+
+    from tinygrad_lm.kernels.cpu import bpe_text
+    cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+    for name in ("gpt2", "gpt4", "digits"):
+        ends = bpe_text.split_text(cps, bpe_text.char_classes(), TEXT_PATTERN_IDS[name]).tolist()
+        assert [text[a:b] for a, b in zip(ends, ends[1:])] == regex.findall(PATTERNS[name], text), name
+
+
+@settings(max_examples=30)
+@edge_cases
+@given(text=texts)
+def test_named_pattern_equals_same_regex_given_as_string(trained, text):
+    # the one-pass kernel (a name) and the regex-package path (the same regex as a string) agree
+    tok = trained[0]
+    as_regex = BPETokenizer(tok.vocab, tok.merges, tok.pattern, tok.special_tokens)
+    assert as_regex.pattern_name is None
+    assert as_regex.encode(text, allowed_special="all") == tok.encode(text, allowed_special="all")
+    plain = ordinary(text)
+    batch = [plain, text, plain]
+    expected = [tok.encode(t, allowed_special="all") for t in batch]
+    assert tok.encode_batch(batch, allowed_special="all") == as_regex.encode_batch(batch, "all") == expected
+    assert tok.encode_batch([plain, plain]) == [tok.encode(plain)] * 2
 
 
 def test_patterns_are_the_reference_strings():
