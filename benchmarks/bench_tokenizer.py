@@ -30,7 +30,6 @@ import tinygrad_lm  # noqa: F401  (first, as users do)
 import argparse
 import os
 import base64
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -66,7 +65,7 @@ def write_files(tok: BPETokenizer, text: str, folder: Path) -> dict:
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's table: printable bytes stand for themselves, the rest for chr(256 + n)."""
-    keep = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | set(range(ord("®"), ord("ÿ") + 1))
+    keep = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
     table, n = {}, 0
     for b in range(256):
         table[b] = chr(b) if b in keep else chr(256 + n)
@@ -123,7 +122,8 @@ def main(argv=None):
         print(f"training: {rounds} round(s) per side, each in a fresh process: 1 warm-up training (excluded), "
               f"then {train_repeats} timed", flush=True)
         train_runs, train = compare([OURS, HF], "train", {**base, "repeats": train_repeats}, rounds, OURS.label)
-        print(f"encoding: {rounds} round(s) per side: 1 warm-up call (excluded), then {encode_repeats} timed", flush=True)
+        print(f"encoding: {rounds} round(s) per side: 1 warm-up call (excluded), then {encode_repeats} timed",
+              flush=True)
         enc_runs, enc = compare([OURS, TIKTOKEN, HF], "encode", {**base, "repeats": encode_repeats}, rounds, OURS.label)
 
     digests = {label: {(r["n_ids"], r["ids_sha256"]) for r in rs} for label, rs in enc_runs.items()}

@@ -44,7 +44,7 @@ def trained(request, corpus):
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table (HF's ByteLevel spells tokens with it)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     table, n = {}, 0
     for b in range(256):
         if b in keep:

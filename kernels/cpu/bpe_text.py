@@ -13,7 +13,7 @@ compare), and merged by bpe.py's kernels the first time it is seen.
 """
 import numpy as np
 
-from .bpe import EMPTY, HASH_MUL, SMALL_CHUNK, _jit, _merge_long, _merge_small
+from .bpe import EMPTY, HASH_MUL, SMALL_CHUNK, _grow, _jit, _merge_long, _merge_small
 
 L, N, S = 1, 2, 4           # class bits: \p{L}, \p{N}, \s (a char with none of them is "other")
 FOLD_SHIFT = 3              # bits 3..6: which of s d m t l v e r the char is, case-insensitively
@@ -259,7 +259,7 @@ def encode_text(cps, ends, cls, pattern, byte_ids, keys, ranks, bits, merged):
                 if found >= 0:
                     o, m = e_out[found], e_n[found]
                     if pos + m > out.size:
-                        out = _grow_to(out, 2 * (pos + m))
+                        out = _grow(out, pos + m)
                     out[pos:pos + m] = out[o:o + m]
                     pos += m
                     i = j
@@ -275,7 +275,7 @@ def encode_text(cps, ends, cls, pattern, byte_ids, keys, ranks, bits, merged):
             else:
                 m = _merge_long(tok, nb, keys, ranks, bits, merged)
             if pos + m > out.size:
-                out = _grow_to(out, 2 * (pos + m))
+                out = _grow(out, pos + m)
             out[pos:pos + m] = tok[:m]
             if n <= CACHE_MAX_CHUNK:
                 e = n_entries
@@ -291,21 +291,14 @@ def encode_text(cps, ends, cls, pattern, byte_ids, keys, ranks, bits, merged):
                         while table[s2] != EMPTY:
                             s2 = (s2 + 1) & ((1 << cbits) - 1)
                         table[s2] = e2
-                    e_hash = _grow_to(e_hash, 1 << (cbits - 1))
-                    e_text = _grow_to(e_text, 1 << (cbits - 1))
-                    e_len = _grow_to(e_len, 1 << (cbits - 1))
-                    e_out = _grow_to(e_out, 1 << (cbits - 1))
-                    e_n = _grow_to(e_n, 1 << (cbits - 1))
+                    e_hash = _grow(e_hash, 1 << (cbits - 1))
+                    e_text = _grow(e_text, 1 << (cbits - 1))
+                    e_len = _grow(e_len, 1 << (cbits - 1))
+                    e_out = _grow(e_out, 1 << (cbits - 1))
+                    e_n = _grow(e_n, 1 << (cbits - 1))
             pos += m
             i = j
         id_ends[p] = pos
         start = ends[p]
     return out[:pos].copy(), id_ends
-
-
-@_jit
-def _grow_to(a, size):
-    out = np.empty(size, a.dtype)
-    out[:a.size] = a
-    return out
 

@@ -152,11 +152,13 @@ class BPETokenizer(Tokenizer):
         * ``"none"``: specials are ordinary text (split and merged like any other)."""
         return self._join(*self._pieces(text, allowed_special)).tolist()
 
-    def encode_array(self, text: str, dtype=np.int64, allowed_special: Collection[str] | str = "none_raise") -> np.ndarray:
+    def encode_array(self, text: str, dtype=np.int64,
+                     allowed_special: Collection[str] | str = "none_raise") -> np.ndarray:
         """Text -> 1-D array of ids (what the data pipeline stores)."""
         return self._join(*self._pieces(text, allowed_special)).astype(dtype, copy=False)
 
-    def encode_batch(self, texts: Iterable[str], allowed_special: Collection[str] | str = "none_raise") -> list[list[int]]:
+    def encode_batch(self, texts: Iterable[str],
+                     allowed_special: Collection[str] | str = "none_raise") -> list[list[int]]:
         """``encode`` of each text. With a named pattern and no special token to place, the texts
         go to the kernel in one call and share its chunk cache."""
         split = [self._pieces(t, allowed_special) for t in texts]

@@ -7,7 +7,7 @@
    token, everywhere.
 
 :func:`train_reference` does step 2 as the textbook says (recount every pair after each merge).
-The kernel (tinygrad_lm.kernels.cpu.bpe.train_merges) gives the same merges incrementally: live
+The kernel (tinygrad_lm.kernels.cpu.bpe_train.train_merges) gives the same merges incrementally: live
 pair counts, an index pair -> chunks that contain it, and a lazy max-heap, so a merge touches
 only the chunks that contain its pair.
 
@@ -118,7 +118,7 @@ def learn_merges(chunk_counts: dict[str, int], n_new: int, progress: bool = Fals
     np.cumsum(np.fromiter(map(len, raw), np.int64, len(raw)), out=start[1:])
     tok = np.frombuffer(b"".join(raw), np.uint8).astype(np.int32)
     weight = np.fromiter(chunk_counts.values(), np.int64, len(raw))
-    from tinygrad_lm.kernels.cpu import bpe as kernel   # Numba loads only when training
+    from tinygrad_lm.kernels.cpu import bpe_train as kernel   # Numba loads only when training
     done = np.zeros(1, np.int64)
     if not progress:
         return kernel.train_merges(tok, start, weight, n_new, done)[0]
