@@ -172,7 +172,7 @@ def test_help_shows_every_default_and_allowed_values(capsys):
         assert fragment in flat, fragment
     assert {f.name for f in cli._config_flags()} == set(cli.FIELD_HELP), "one line of help for every field"
     train = cli.build_parser()._subparsers._group_actions[0].choices["train"]
-    formatter = cli._HelpFormatter("tinygrad-lm")
+    formatter = cli.HelpFormatter("tinygrad-lm")
     for action in train._actions:
         if action.option_strings and action.nargs != 0:  # every option that takes a value...
             assert "default:" in formatter._get_help_string(action), action.option_strings  # ...shows it

@@ -1,0 +1,67 @@
+"""`tinygrad-lm`: train, generate, eval, tokenizer and info from the command line, one module
+per command (each with ``add_parser(sub)`` and ``run(args)``).
+
+Bad input (a missing file, an invalid value, a corrupt checkpoint...) prints one line
+"tinygrad-lm: error: ..." and exits with code 2, without a traceback."""
+from __future__ import annotations
+
+import sys
+
+from .. import __version__
+from ..checkpoint import CheckpointError
+from ..tokenizers import UnknownCharactersError
+from ..train import TrainingError
+from . import eval as eval_cmd
+from . import generate, info, tokenizer, train
+from .common import PROG, HelpFormatter, Parser, UsageError  # noqa: F401  (HelpFormatter: re-exported)
+from .train import FIELD_HELP, _config_flags  # noqa: F401  (tests check every field has help)
+
+COMMANDS = {"train": train, "generate": generate, "eval": eval_cmd, "tokenizer": tokenizer, "info": info}
+
+
+def build_parser() -> Parser:
+    p = Parser(prog=PROG, description="Train and sample a small GPT written from scratch on NumPy. "
+               "With no arguments: `train` with its defaults.")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=Parser, metavar="{" + ",".join(COMMANDS) + "}")
+    for command in COMMANDS.values():
+        command.add_parser(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        argv = ["train"]  # the main job: the tiny preset on the built-in corpus
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            raise UsageError(f"choose a command: {', '.join(COMMANDS)}")
+        return COMMANDS[args.command].run(args)
+    except UnknownCharactersError as e:
+        print(f"{PROG}: error: {_one_line(e)}; a character-level model knows only the characters of its "
+              f"training text: leave these out, or train with --tokenizer byte or bpe (any text)", file=sys.stderr)
+        return 2
+    except (UsageError, ValueError, CheckpointError, FileNotFoundError, FileExistsError, IsADirectoryError,
+            NotADirectoryError, PermissionError) as e:
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if "cuda" in str(e).lower() or "CuPy" in str(e):
+            print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `tinygrad-lm generate ... | head`: the reader has gone, say nothing
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141  # 128 + SIGPIPE, as a shell reports it
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

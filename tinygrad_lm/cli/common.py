@@ -1,0 +1,104 @@
+"""What every `tinygrad-lm` command shares: the parser class, bad-input errors, loading a
+checkpoint's model and tokenizer, streaming tokens, and the first-run compile note."""
+from __future__ import annotations
+
+import argparse
+import codecs
+import sys
+
+import numpy as np
+
+from .. import backend
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..models import GPT, GPTConfig
+
+PROG = "tinygrad-lm"
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """One-line errors; no prefix matching (``--lr`` must never be "ambiguous", and a typo must
+    not silently select another option); help text shows every default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):  # one line instead of argparse's usage block
+        raise UsageError(message)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to an option's help when it has a default worth showing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default:" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def parse_bool(s: str) -> bool:
+    v = s.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def compile_notice(device: str) -> None:
+    """A first run compiles the CPU kernels (about 15 s on 2 cores): say so instead of going quiet."""
+    if device != "cpu" or backend.kernel_mode() != "fast":
+        return
+    from ..kernels.cpu import _jit
+    backend.fast_table("cpu")  # imports (not compiles) every kernel
+    if not _jit.cache_is_warm():
+        print(f"compiling the CPU kernels: first run only, about 15 s (cached in {_jit.cache_folder()})",
+              file=sys.stderr, flush=True)
+
+
+def load_model(path, device):
+    from ..tokenizers import tokenizer_from_dict
+    ck = load_checkpoint(path)
+    try:
+        cfg = GPTConfig.from_dict(ck["meta"]["model_config"])
+        model = GPT(cfg)
+        model.load_state_dict(ck["model"])
+        tok = tokenizer_from_dict(ck["meta"]["tokenizer"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"incompatible checkpoint {ck['path']}: {e}") from None
+    if tok.vocab_size > cfg.vocab_size:
+        raise CheckpointError(f"incompatible checkpoint {ck['path']}: tokenizer has {tok.vocab_size} tokens "
+                              f"but the model only {cfg.vocab_size}")
+    return model.to(device).eval(), tok, ck
+
+
+def prompt_ids(tok, prompt: str) -> list[int]:
+    if prompt:
+        return list(tok.encode(prompt))
+    for start in ("\n", " "):  # nanoGPT starts samples from a newline
+        try:
+            return list(tok.encode(start))
+        except ValueError:
+            continue
+    return [0]
+
+
+def stream(model, tok, ids, n, temperature, top_k, top_p, seed):
+    """Print tokens as they come. Byte-level ids go through an incremental UTF-8 decoder so a
+    character split over several tokens prints once it is complete."""
+    out = sys.stdout
+    decode_bytes = getattr(tok, "decode_bytes", None)
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace") if decode_bytes else None
+    for t in model.stream(np.array(ids), n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed):
+        out.write(dec.decode(decode_bytes([t])) if dec else tok.decode([t]))
+        out.flush()
+    if dec:
+        out.write(dec.decode(b"", final=True))
+    out.write("\n")
+    out.flush()

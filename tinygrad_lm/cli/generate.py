@@ -1,0 +1,36 @@
+"""`tinygrad-lm generate`: stream a continuation of a prompt from a checkpoint."""
+from __future__ import annotations
+
+import sys
+
+from ..sampling import check_sampling_args
+from .common import UsageError, load_model, prompt_ids, stream
+
+
+def add_parser(sub) -> None:
+    g = sub.add_parser("generate", help="stream text from a checkpoint")
+    g.add_argument("--ckpt", required=True, metavar="PATH", help="checkpoint folder (or its ckpt.npz)")
+    g.add_argument("--prompt", default="", help="text to continue (default: a newline)")
+    g.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=500,
+                   metavar="N", help="tokens to generate")
+    g.add_argument("--temperature", type=float, default=0.8, metavar="X",
+                   help="softmax temperature; 0: greedy (always the most likely token)")
+    g.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=200, metavar="N",
+                   help="sample among the N most likely tokens only")
+    g.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=None, metavar="P",
+                   help="sample among the most likely tokens whose probabilities add up to P (default: off)")
+    g.add_argument("--seed", type=int, default=None, metavar="N", help="seed for a repeatable sample (default: random)")
+    g.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="where to run")
+
+
+def run(args) -> int:
+    model, tok, _ = load_model(args.ckpt, args.device)
+    ids = prompt_ids(tok, args.prompt)
+    top_k = min(args.top_k, model.config.vocab_size) if args.top_k is not None else None
+    check_sampling_args(args.temperature, args.top_k, args.top_p)  # before any output is written
+    if args.max_new_tokens < 0:
+        raise UsageError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.prompt:
+        sys.stdout.write(args.prompt)
+    stream(model, tok, ids, args.max_new_tokens, args.temperature, top_k, args.top_p, args.seed)
+    return 0
