@@ -154,10 +154,10 @@ def test_scanners_split_as_the_regex(text):
 @edge_cases
 @given(text=texts)
 def test_named_pattern_equals_same_regex_given_as_string(trained, text):
-    # the one-pass kernel (a name) and the regex-package path (the same regex as a string) agree
+    # the one-pass kernel (a name) and the regex-package path (an equivalent regex string) agree
     tok = trained[0]
-    as_regex = BPETokenizer(tok.vocab, tok.merges, tok.pattern, tok.special_tokens)
-    assert as_regex.pattern_name is None
+    as_regex = BPETokenizer(tok.vocab, tok.merges, f"(?:{tok.pattern})", tok.special_tokens)
+    assert as_regex.pattern_name is None and as_regex._text_pattern is None and tok._text_pattern is not None
     assert as_regex.encode(text, allowed_special="all") == tok.encode(text, allowed_special="all")
     plain = ordinary(text)
     batch = [plain, text, plain]
@@ -321,6 +321,8 @@ def test_to_dict_round_trip(trained):
     assert isinstance(again, BPETokenizer) and again == tok
     assert again.fingerprint() == tok.fingerprint() and tok.fingerprint().startswith("bpe-")
     assert again.pattern_name == tok.pattern_name and again.pattern == tok.pattern
+    same = BPETokenizer(tok.vocab, tok.merges, tok.pattern, tok.special_tokens)   # a name's regex, unnamed
+    assert same.pattern_name is None and BPETokenizer.from_dict(same.to_dict()).pattern_name is None
     custom = BPETokenizer(tok.vocab, tok.merges, r"\w+|\s+", tok.special_tokens)
     again = BPETokenizer.from_dict(custom.to_dict())
     assert again.pattern == r"\w+|\s+" and again.pattern_name is None and again == custom
@@ -373,6 +375,8 @@ def test_bad_ids_and_vocab(trained):
         BPETokenizer({**vocab, b"ab": 5}, [])
     with pytest.raises(ValueError, match="already a vocab token"):
         BPETokenizer(vocab, [], special_tokens={EOT: 7})
+    with pytest.raises(ValueError, match="nearly\\) contiguous"):
+        BPETokenizer(vocab, [], special_tokens={EOT: 10**9})      # a file must not make us allocate that
     holes = BPETokenizer(vocab, [], special_tokens={EOT: 300})   # ids 256..299 belong to no token
     assert holes.vocab_size == 301
     with pytest.raises(ValueError, match="not in this vocabulary: \\[299\\]"):

@@ -40,6 +40,7 @@ CACHE_LIMIT = 1 << 18       # chunks kept in the cache (a few tens of MB); clear
 CACHE_MAX_CHUNK = 256       # longer chunks (pattern "none") are not kept: they rarely repeat
 # kernels/cpu/bpe_text.py's scanner per named pattern (kept here so that no Numba loads to build one)
 TEXT_PATTERN_IDS = {"none": 0, "gpt2": 1, "gpt4": 2, "digits": 3, "smollm": 3}
+SCANNED_REGEXES = {PATTERNS[name]: i for name, i in TEXT_PATTERN_IDS.items()}
 
 
 def bpe_merge_reference(ids: list[int], ranks: dict[tuple[int, int], int], merged: list[int]) -> list[int]:
@@ -85,6 +86,10 @@ class BPETokenizer(Tokenizer):
         self.merges = _check_merges(merges, self.vocab)
         self.special_tokens = _check_specials(special_tokens or {}, self.vocab)
         self._vocab_size = 1 + max(chain(self.vocab.values(), self.special_tokens.values()))
+        n_tokens = len(self.vocab) + len(self.special_tokens)
+        if self._vocab_size > 2 * n_tokens + 1024:   # a table this long is allocated below
+            raise ValueError(f"token ids go up to {self._vocab_size - 1} for only {n_tokens} tokens; ids must be "
+                             "(nearly) contiguous")
 
         # id -> bytes (None where no token has that id) for decoding
         self._id_bytes: list[bytes | None] = [None] * self._vocab_size
@@ -92,7 +97,6 @@ class BPETokenizer(Tokenizer):
             self._id_bytes[i] = b
         for s, i in self.special_tokens.items():
             self._id_bytes[i] = s.encode("utf-8", "surrogatepass")
-        self._special_ids = set(self.special_tokens.values())
 
         # The merges as ids, for the kernel: rank r merges (left[r], right[r]) into merged[r].
         self._byte_ids = np.array([self.vocab[bytes([i])] for i in range(256)], np.int32)
@@ -100,8 +104,9 @@ class BPETokenizer(Tokenizer):
         self._right = np.array([self.vocab[b] for _, b in self.merges], np.int32)
         self._merged = np.array([self.vocab[a + b] for a, b in self.merges], np.int32)
         self._table = None         # the kernel's merge table, built at the first encode
-        # named patterns: split by the kernel's scanners; a regex of the user's: by the regex package
-        self._text_pattern = TEXT_PATTERN_IDS.get(self.pattern_name)
+        # a named pattern (or its exact regex, as a loaded file may give it): the kernel's scanner;
+        # any other regex: the regex package
+        self._text_pattern = SCANNED_REGEXES.get(self.pattern)
         self._split = make_splitter(self.pattern, self.pattern_name)
         self._cache: dict[str, tuple[int, ...]] = {}
         self._special_regex = {}   # frozenset of allowed specials -> compiled alternation
