@@ -89,7 +89,11 @@ PIECES = [" ", "  ", "   ", "\n", "\r\n", "\r", "\n\n", "\t", " \n ", "\u00a0", 
           "'s", "'S", "'t", "'re", "'RE", "'ve", "'m", "'ll", "'Ll", "'d", "'D", "'ſ", "'x", "''",
           "0", "7", "12", "1234567", "3.14", " 42", "٣", "²", "Ⅷ", "½", "e\u0301", "\u0301", "😀", "👍🏽", "👨‍👩‍👧",
           "日本語", "中文", "한국어", "Ελληνικά", "ﬁ", "Ünï", "def", " the", "(self", "):\n", "    return", EOT]
-chars = st.characters(exclude_categories=("Cs",))   # every plane; no lone surrogates (UTF-8 has none)
+# Every plane, but only characters assigned in Python's Unicode database (14.0 for 3.11): each
+# regex engine has its own Unicode version, and a character assigned since (U+32BB4, CJK extension J)
+# is a letter to the regex package (Unicode 17) but "other" to tiktoken's and HF's engines, which
+# then cut the text elsewhere. No lone surrogates (Cs): UTF-8 has none, and the peers reject them.
+chars = st.characters(exclude_categories=("Cs", "Cn"))
 texts = st.lists(st.one_of(st.sampled_from(PIECES), st.text(chars, max_size=4)), max_size=24).map("".join)
 
 
