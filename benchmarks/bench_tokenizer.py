@@ -9,7 +9,7 @@ library's Python source), written to a temporary UTF-8 file that every side read
 - **Training**: ``BPETokenizer.train([file], vocab_size, pattern)`` against HF tokenizers'
   ``BpeTrainer`` with the same vocabulary size (256 bytes + merges + ``<|endoftext|>``) and the
   same pre-tokenizer regex (``Split`` + ``ByteLevel(use_regex=False)``, the regex spelled for
-  Oniguruma by ``patterns.hf_pattern``), trained from the same file by ``Tokenizer.train``, as
+  Oniguruma by ``formats.hf_regex``), trained from the same file by ``Tokenizer.train``, as
   its users call it (its own default threads).
 - **Encoding**: the whole corpus in one call, with the vocabulary we trained, against tiktoken
   (``Encoding(pat_str, mergeable_ranks=our ranks)``, ``encode_ordinary``) and HF tokenizers (the
@@ -30,13 +30,14 @@ import tinygrad_lm  # noqa: F401  (first, as users do)
 import argparse
 import os
 import base64
+import json
 import tempfile
 import time
 from pathlib import Path
 
 from tinygrad_lm.data import default_corpus_text
 from tinygrad_lm.tokenizers import BPETokenizer
-from tinygrad_lm.tokenizers.patterns import hf_pattern
+from tinygrad_lm.tokenizers.formats import hf_regex
 
 from . import peers
 from .common import format_table, machine_info, write_json
@@ -53,14 +54,14 @@ def write_files(tok: BPETokenizer, text: str, folder: Path) -> dict:
     corpus = folder / "corpus.txt"
     corpus.write_text(text, encoding="utf-8")
     ours = folder / "ours.json"
-    tok.save(ours)
+    ours.write_text(json.dumps(tok.to_dict()), encoding="utf-8")    # our own JSON (what checkpoints hold)
     ranks = folder / "ours.tiktoken"
     ranks.write_text("".join(f"{base64.b64encode(b).decode()} {i}\n"
                              for b, i in sorted(tok.vocab.items(), key=lambda kv: kv[1])))
     hf = folder / "tokenizer.json"
     _hf_tokenizer(tok).save(str(hf))
     return {"corpus": str(corpus), "ours": str(ours), "ranks": str(ranks), "hf": str(hf),
-            "pat_str": tok.pattern, "hf_pattern": hf_pattern(tok.pattern)}
+            "pat_str": tok.pattern, "hf_pattern": hf_regex(tok.pattern)}
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -81,7 +82,7 @@ def _hf_tokenizer(tok: BPETokenizer):
     out = tokenizers.Tokenizer(models.BPE(vocab={spell(b): i for b, i in tok.vocab.items()},
                                           merges=[(spell(a), spell(b)) for a, b in tok.merges]))
     out.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(tokenizers.Regex(hf_pattern(tok.pattern)), behavior="isolated"),
+        pre_tokenizers.Split(tokenizers.Regex(hf_regex(tok.pattern)), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     out.decoder = decoders.ByteLevel()
     out.add_special_tokens([tokenizers.AddedToken(s, special=True, normalized=False) for s in tok.special_tokens])

@@ -4,6 +4,7 @@ kernels equal to their plain-Python references, round trips, special tokens, bad
 tiktoken and tokenizers are built in memory from our own vocabularies (no download): tiktoken's
 Encoding takes our bytes -> id map as its ranks (training gives ids in merge order), HF's BPE
 model takes the same vocabulary and merges in GPT-2's byte-to-unicode spelling."""
+import json
 import random
 
 import numpy as np
@@ -15,7 +16,8 @@ from tinygrad_lm.data import default_corpus_text
 from tinygrad_lm.tokenizers import BPETokenizer, tokenizer_from_dict
 from tinygrad_lm.tokenizers.bpe import TEXT_PATTERN_IDS, bpe_merge_reference
 from tinygrad_lm.tokenizers.bpe_train import count_chunks, learn_merges, train_reference
-from tinygrad_lm.tokenizers.patterns import GPT2, GPT4, PATTERNS, hf_pattern, resolve_pattern
+from tinygrad_lm.tokenizers.formats import hf_regex
+from tinygrad_lm.tokenizers.patterns import GPT2, GPT4, PATTERNS, resolve_pattern
 
 tiktoken = pytest.importorskip("tiktoken")
 hf = pytest.importorskip("tokenizers")
@@ -76,7 +78,7 @@ def hf_of(tok: BPETokenizer):
         out.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
     else:
         out.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(hf.Regex(hf_pattern(tok.pattern)), behavior="isolated"),
+            pre_tokenizers.Split(hf.Regex(hf_regex(tok.pattern)), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     out.decoder = decoders.ByteLevel()
     out.add_special_tokens([hf.AddedToken(s, special=True, normalized=False) for s in tok.special_tokens])
@@ -318,6 +320,15 @@ def test_allowed_special():
 
 
 # ---- saving inside checkpoints ---------------------------------------------------------------------
+
+def test_save_picks_a_standard_format(trained, tmp_path):
+    from tinygrad_lm.tokenizers import load_tokenizer
+    tok = trained[0]
+    for name in ("tok.json", "tok.tiktoken", "gpt2_folder"):
+        tok.save(tmp_path / name)
+        assert load_tokenizer(tmp_path / name) == tok, name
+    assert "model" in json.loads((tmp_path / "tok.json").read_text())   # HF tokenizer.json layout
+
 
 def test_to_dict_round_trip(trained):
     tok = trained[0]

@@ -293,6 +293,14 @@ class BPETokenizer(Tokenizer):
 
     # ---- description --------------------------------------------------------------------------
 
+    def save(self, path) -> None:
+        """Write a standard file, its format picked by the name (formats.save_tokenizer): ``*.json``
+        -> HF tokenizer.json, ``*.tiktoken`` -> tiktoken ranks (+ a JSON sidecar with the pattern and
+        specials), a folder -> GPT-2 vocab.json + merges.txt. ``load_tokenizer`` reads each back.
+        Checkpoints store ``to_dict()`` instead (our own JSON)."""
+        from .formats import save_tokenizer
+        save_tokenizer(self, path)
+
     def to_dict(self) -> dict:
         """JSON-able description. Token bytes are written as latin-1 strings (byte n -> code point n),
         so ASCII tokens stay readable; merges as pairs of such strings."""

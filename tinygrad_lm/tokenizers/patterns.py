@@ -71,22 +71,6 @@ def compile_pattern(pattern: str) -> regex.Pattern:
         raise ValueError(f"invalid pre-tokenizer regex {pattern!r}: {e}") from None
 
 
-def hf_pattern(pattern: str) -> str:
-    """``pattern`` spelled so that HF tokenizers' ``Split(Regex(...))`` cuts text the same way.
-
-    HF compiles regexes with Oniguruma in Ruby syntax, where ``x{1,3}+`` is ``(?:x{1,3})+`` (a
-    repeat), not the possessive ``x{1,3}`` of tiktoken and ``regex``: cl100k's ``\\p{N}{1,3}+``
-    would take "999999999" as one chunk there. In GPT4 nothing follows that quantifier, so
-    dropping the ``+`` changes no match. (``?+``, ``*+``, ``++`` are possessive in both.)
-    ValueError for any other regex with ``}+``, which would need the same care by hand."""
-    if pattern == GPT4:
-        return GPT4.replace(r"\p{N}{1,3}+", r"\p{N}{1,3}")
-    if "}+" in pattern:
-        raise ValueError(f"pre-tokenizer regex {pattern!r} has a '{{n,m}}+' quantifier, which HF tokenizers "
-                         "(Oniguruma) reads as a repeat, not as possessive; rewrite it before export")
-    return pattern
-
-
 def make_splitter(pattern: str, name: str | None = None):
     """``split(text) -> list[str]``: the chunks of ``text``, in order, joining back to ``text``.
 
