@@ -223,6 +223,27 @@ def test_trainer_kernel_equals_reference(text, pattern, n_new):
     assert learn_merges(counts, n_new).tolist() == [list(m) for m in train_reference(counts, n_new)]
 
 
+@settings(max_examples=40)
+@edge_cases
+@given(text=st.one_of(texts, st.text()))
+def test_counting_kernel_equals_regex_counts(text):
+    # named patterns count chunks with the kernel's scanner, block by block; here in blocks of a
+    # few characters, so the cuts between blocks are exercised too
+    from collections import Counter
+
+    from tinygrad_lm.tokenizers import bpe_train
+    from tinygrad_lm.tokenizers.patterns import make_splitter
+    size = bpe_train.BLOCK_CHARS
+    try:
+        bpe_train.BLOCK_CHARS = 3
+        for name in ("gpt2", "gpt4", "digits"):
+            expected = Counter(make_splitter(PATTERNS[name], None)(text))   # the regex package's chunks
+            assert count_chunks(text, name) == expected, name
+    finally:
+        bpe_train.BLOCK_CHARS = size
+    assert "".join(bpe_train._blocks(text, 2)) == text
+
+
 def test_trainer_kernel_equals_reference_on_real_text():
     counts = count_chunks(default_corpus_text(30_000), "gpt4")
     assert learn_merges(counts, 120).tolist() == [list(m) for m in train_reference(counts, 120)]

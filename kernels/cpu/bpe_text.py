@@ -207,6 +207,19 @@ def _utf8(cps, lo, hi, out):
 
 
 @_jit
+def _rehash_entries(e_hash, n_entries, cbits):
+    """A chunk table of 2**cbits slots for the first n_entries entries (a slot is the top bits of
+    the chunk's hash; ``e_hash`` keeps the hash shifted right by one, which keeps those bits)."""
+    table = np.full(1 << cbits, EMPTY, np.int64)
+    for e in range(n_entries):
+        s = np.int64((np.uint64(e_hash[e]) << np.uint64(1)) >> np.uint64(64 - cbits))
+        while table[s] != EMPTY:
+            s = (s + 1) & ((1 << cbits) - 1)
+        table[s] = e
+    return table
+
+
+@_jit
 def encode_text(cps, ends, cls, pattern, byte_ids, keys, ranks, bits, merged):
     """BPE ids of texts given as code points back to back: piece p is cps[ends[p-1]:ends[p]]
     (chunks never cross a piece's end). Returns (ids int32, id_ends int64 per piece).
@@ -284,13 +297,7 @@ def encode_text(cps, ends, cls, pattern, byte_ids, keys, ranks, bits, merged):
                 n_entries += 1
                 if 2 * n_entries >= table.size:           # keep the table at most half full
                     cbits += 1
-                    table = np.full(1 << cbits, EMPTY, np.int64)
-                    for e2 in range(n_entries):
-                        hh = np.uint64(e_hash[e2]) << np.uint64(1)
-                        s2 = np.int64(hh >> np.uint64(64 - cbits))
-                        while table[s2] != EMPTY:
-                            s2 = (s2 + 1) & ((1 << cbits) - 1)
-                        table[s2] = e2
+                    table = _rehash_entries(e_hash, n_entries, cbits)
                     e_hash = _grow(e_hash, 1 << (cbits - 1))
                     e_text = _grow(e_text, 1 << (cbits - 1))
                     e_len = _grow(e_len, 1 << (cbits - 1))
@@ -302,3 +309,55 @@ def encode_text(cps, ends, cls, pattern, byte_ids, keys, ranks, bits, merged):
         start = ends[p]
     return out[:pos].copy(), id_ends
 
+
+
+@_jit
+def count_chunks(cps, cls, pattern):
+    """The distinct chunks of one text and how often each occurs, for training: (starts, lengths,
+    counts) int64, in order of first occurrence (a chunk is cps[starts[k]:starts[k]+lengths[k]])."""
+    cbits = 12
+    table = np.full(1 << cbits, EMPTY, np.int64)          # slot -> entry
+    e_hash = np.empty(1 << (cbits - 1), np.int64)
+    e_text = np.empty(1 << (cbits - 1), np.int64)
+    e_len = np.empty(1 << (cbits - 1), np.int64)
+    e_count = np.empty(1 << (cbits - 1), np.int64)
+    n_entries = 0
+    i = 0
+    while i < cps.size:
+        j = _chunk_end(cps, cls, i, cps.size, pattern)
+        n = j - i
+        h = np.uint64(n)
+        for k in range(i, j):
+            h = (h ^ np.uint64(cps[k])) * HASH_MUL
+        key = np.int64(h >> np.uint64(1))
+        slot = np.int64(h >> np.uint64(64 - cbits))
+        found = -1
+        while table[slot] != EMPTY:
+            e = table[slot]
+            if e_hash[e] == key and e_len[e] == n:
+                t = e_text[e]
+                same = True
+                for k in range(n):
+                    if cps[t + k] != cps[i + k]:
+                        same = False
+                        break
+                if same:
+                    found = e
+                    break
+            slot = (slot + 1) & ((1 << cbits) - 1)
+        if found >= 0:
+            e_count[found] += 1
+        else:
+            e = n_entries
+            table[slot] = e
+            e_hash[e], e_text[e], e_len[e], e_count[e] = key, i, n, 1
+            n_entries += 1
+            if 2 * n_entries >= table.size:               # keep the table at most half full
+                cbits += 1
+                table = _rehash_entries(e_hash, n_entries, cbits)
+                e_hash = _grow(e_hash, 1 << (cbits - 1))
+                e_text = _grow(e_text, 1 << (cbits - 1))
+                e_len = _grow(e_len, 1 << (cbits - 1))
+                e_count = _grow(e_count, 1 << (cbits - 1))
+        i = j
+    return e_text[:n_entries].copy(), e_len[:n_entries].copy(), e_count[:n_entries].copy()
