@@ -2,14 +2,14 @@
 
 1. Cut the text at special tokens (they never take part in merges), then into chunks with the
    pre-tokenizer pattern, and count the unique chunks: a 4 MB corpus has ~840k chunks but only
-   ~33k distinct ones, and a pair's count is the sum of its chunks' counts.
+   ~33k distinct ones, and a pair's count is the sum of its chunks' counts (:func:`count_chunks`).
 2. Repeat until the vocabulary is full: merge the most frequent adjacent pair (a, b) into a new
    token, everywhere.
 
 :func:`train_reference` does step 2 as the textbook says (recount every pair after each merge).
-The kernel (tinygrad_lm.kernels.cpu.bpe_train.train_merges) gives the same merges incrementally: live
-pair counts, an index pair -> chunks that contain it, and a lazy max-heap, so a merge touches
-only the chunks that contain its pair.
+The kernel (tinygrad_lm.kernels.cpu.bpe_train.train_merges) gives the same merges incrementally:
+live pair counts, an index pair -> chunks that contain it, and a lazy max-heap, so a merge
+touches only the chunks that contain its pair.
 
 Tie-break (both versions): the highest count wins; among equal counts, the smallest pair of
 token ids (a, then b). Byte tokens are ids 0-255 in byte order and merged tokens count up from

@@ -21,6 +21,11 @@ Names (``resolve_pattern``):
   BasicTokenizer. Merges may then span words, and training costs a pass over the text per merge.
 * anything else: used as a regex itself (a ValueError if it does not compile, or if it is an
   unknown plain name such as "gpt3"). Text between its matches is kept as chunks too.
+
+The regexes here define the patterns. Encoding and training do not run them for the named ones:
+kernels/cpu/bpe_text.py has a hand-written scanner per pattern (4 MB in 0.06 s against 0.31 s for
+``regex.findall``), tested to cut exactly where ``regex.findall`` does. HF tokenizers reads
+``\\p{N}{1,3}+`` differently (formats.hf_regex spells GPT4 for it).
 """
 from __future__ import annotations
 
