@@ -8,8 +8,8 @@ the same on every machine.
 
 Pairs are int64 keys ``(left << 32) | right``. A pair table is open addressing with linear
 probing over a power-of-two array of keys (EMPTY = -1) and parallel value arrays, hashed by
-Fibonacci hashing (multiply by 2^64/phi, keep the top bits). Numba's typed dict would do, but
-it costs several times more per lookup, and lookups are the whole work here.
+Fibonacci hashing (multiply by 2^64/phi, keep the top bits): a lookup is a multiply, a shift
+and usually one probe of a flat array, and lookups are most of the work here.
 
 Compiled serially and with ``nogil`` (the trainer runs in a worker thread while Python draws
 its progress bar). Not through ``_jit.py``, which also pins BLAS threads for the model kernels;
@@ -27,6 +27,7 @@ SMALL_CHUNK = 64  # chunks up to this many bytes merge by rescanning (no heap); 
 
 
 def _jit(fn):
+    """A serial, nogil, disk-cached kernel (the cache folder: tinygrad_lm.cache)."""
     with numba_caching() as cache:
         return numba.njit(cache=cache, nogil=True)(fn)
 
