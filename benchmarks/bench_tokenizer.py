@@ -13,7 +13,7 @@ library's Python source), written to a temporary UTF-8 file that every side read
   its users call it (its own default threads).
 - **Encoding**: the whole corpus in one call, with the vocabulary we trained, against tiktoken
   (``Encoding(pat_str, mergeable_ranks=our ranks)``, ``encode_ordinary``) and HF tokenizers (the
-  same vocabulary and merges, ``encode``). Each call uses one thread on every side. Every side's
+  tokenizer.json ``tok.save`` writes, ``Tokenizer.from_file``, ``encode``). Each call uses one thread on every side. Every side's
   ids are hashed and must agree.
 
 Method (benchmarks/peers.py): each side in a fresh process per round with the user's
@@ -50,7 +50,7 @@ HF = peers.Side("HF tokenizers", WORKER, {"library": "hf"})
 
 def write_files(tok: BPETokenizer, text: str, folder: Path) -> dict:
     """The corpus and our vocabulary in each side's own format: our JSON, tiktoken ranks
-    (``base64 rank`` lines, rank = id), an HF tokenizer.json (GPT-2's byte-to-unicode spelling)."""
+    (``base64 rank`` lines, rank = id), an HF tokenizer.json (written by ``tok.save``)."""
     corpus = folder / "corpus.txt"
     corpus.write_text(text, encoding="utf-8")
     ours = folder / "ours.json"
@@ -59,34 +59,9 @@ def write_files(tok: BPETokenizer, text: str, folder: Path) -> dict:
     ranks.write_text("".join(f"{base64.b64encode(b).decode()} {i}\n"
                              for b, i in sorted(tok.vocab.items(), key=lambda kv: kv[1])))
     hf = folder / "tokenizer.json"
-    _hf_tokenizer(tok).save(str(hf))
+    tok.save(hf)                       # HF's tokenizer.json, as a user would hand our tokenizer to HF
     return {"corpus": str(corpus), "ours": str(ours), "ranks": str(ranks), "hf": str(hf),
             "pat_str": tok.pattern, "hf_pattern": hf_regex(tok.pattern)}
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's table: printable bytes stand for themselves, the rest for chr(256 + n)."""
-    keep = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
-    table, n = {}, 0
-    for b in range(256):
-        table[b] = chr(b) if b in keep else chr(256 + n)
-        n += b not in keep
-    return table
-
-
-def _hf_tokenizer(tok: BPETokenizer):
-    import tokenizers
-    from tokenizers import decoders, models, pre_tokenizers
-    u = _bytes_to_unicode()
-    spell = lambda b: "".join(u[x] for x in b)  # noqa: E731
-    out = tokenizers.Tokenizer(models.BPE(vocab={spell(b): i for b, i in tok.vocab.items()},
-                                          merges=[(spell(a), spell(b)) for a, b in tok.merges]))
-    out.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(tokenizers.Regex(hf_regex(tok.pattern)), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    out.decoder = decoders.ByteLevel()
-    out.add_special_tokens([tokenizers.AddedToken(s, special=True, normalized=False) for s in tok.special_tokens])
-    return out
 
 
 def compare(sides, task, args, rounds, baseline) -> tuple[dict, dict]:
