@@ -114,7 +114,7 @@ def train_merges(tok, start, weight, n_new, progress):
     existing token."""
     n_chunks = weight.size
     length = (start[1:] - start[:-1]).astype(np.int32)
-    bits = table_bits(max(tok.size, 1024))
+    bits = table_bits(min(max(tok.size, 1024), 256 * 256))   # the first pairs are byte pairs
     keys = np.full(1 << bits, EMPTY, np.int64)
     cnt = np.zeros(1 << bits, np.int64)
     head = np.full(1 << bits, -1, np.int32)     # first node of the pair's chunk list
