@@ -105,7 +105,11 @@ def hf_encode(args: dict) -> dict:
 
 
 def runtime() -> dict:
-    return {**LIBRARY, "python": sys.version.split()[0]}
+    extra = {}
+    if LIBRARY.get("library") == "tinygrad_lm":   # our kernels' compiler (already loaded by the task)
+        import numba
+        extra["numba"] = numba.__version__
+    return {**LIBRARY, **extra, "python": sys.version.split()[0]}
 
 
 TRAIN = {"ours": ours_train, "hf": hf_train}
