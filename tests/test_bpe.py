@@ -407,6 +407,8 @@ def test_bad_ids_and_vocab(trained):
         BPETokenizer({b: i for b, i in vocab.items() if b != b"\x00"}, [])
     with pytest.raises(ValueError, match=r"b'ab' is not in the vocab"):
         BPETokenizer(vocab, [(b"a", b"b")])
+    with pytest.raises(ValueError, match="must be a non-negative int, got -1"):
+        BPETokenizer({**vocab, b"ab": -1}, [])
     with pytest.raises(ValueError, match="used twice"):
         BPETokenizer({**vocab, b"ab": 5}, [])
     with pytest.raises(ValueError, match="already a vocab token"):
