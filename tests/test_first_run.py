@@ -178,6 +178,12 @@ def test_help_shows_every_default_and_allowed_values(capsys):
             assert "default:" in formatter._get_help_string(action), action.option_strings  # ...shows it
 
 
+def test_options_without_a_command_are_trains(main, tmp_path):
+    code, out, err = main(*SMALL, "--max_iters", 1, "--out", "r")  # `tinygrad-lm --data ... --max_iters 1`
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "r")["meta"]["step"] == 1
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--version"])

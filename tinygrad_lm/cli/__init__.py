@@ -30,9 +30,9 @@ def build_parser() -> Parser:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        argv = ["train"]  # the main job: the tiny preset on the built-in corpus
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["train"] + argv  # the main job (`tinygrad-lm`, `tinygrad-lm --max_iters 100`): train
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
