@@ -13,8 +13,9 @@ library's Python source), written to a temporary UTF-8 file that every side read
   its users call it (its own default threads).
 - **Encoding**: the whole corpus in one call, with the vocabulary we trained, against tiktoken
   (``Encoding(pat_str, mergeable_ranks=our ranks)``, ``encode_ordinary``) and HF tokenizers (the
-  tokenizer.json ``tok.save`` writes, ``Tokenizer.from_file``, ``encode``). Each call uses one thread on every side. Every side's
-  ids are hashed and must agree.
+  tokenizer.json ``tok.save`` writes, ``Tokenizer.from_file``, ``encode``). Each call uses one
+  thread on every side (HF's ``encode`` of one string: CPU time = wall time, measured). Every
+  side's ids are hashed and must agree.
 
 Method (benchmarks/peers.py): each side in a fresh process per round with the user's
 environment and its library's defaults, rounds alternated, warm-up calls excluded (imports, JIT,
