@@ -17,7 +17,7 @@ from tinygrad_lm.tokenizers import BPETokenizer, tokenizer_from_dict
 from tinygrad_lm.tokenizers.bpe import TEXT_PATTERN_IDS, bpe_merge_reference
 from tinygrad_lm.tokenizers.bpe_train import count_chunks, learn_merges, train_reference
 from tinygrad_lm.tokenizers.formats import hf_regex
-from tinygrad_lm.tokenizers.patterns import GPT2, GPT4, PATTERNS, resolve_pattern
+from tinygrad_lm.tokenizers.patterns import GPT2, GPT4, PATTERNS, blocks, resolve_pattern
 
 tiktoken = pytest.importorskip("tiktoken")
 hf = pytest.importorskip("tokenizers")
@@ -172,6 +172,30 @@ def test_named_pattern_equals_same_regex_given_as_string(trained, text):
     assert tok.encode_batch([plain, plain]) == [tok.encode(plain)] * 2
 
 
+def test_blocks_cut_only_after_a_newline_between_non_spaces():
+    assert list(blocks("a\nb\nc\nd", 1)) == ["a\n", "b\n", "c\n", "d"]
+    assert list(blocks("a\n\nb \n c\r\nd", 1)) == ["a\n\nb \n c\r\nd"]   # "\n\n", " \n ", "\r\n": no cut
+    assert list(blocks("abc", 1)) == ["abc"] and list(blocks("", 1)) == [""]
+
+
+@settings(max_examples=30)
+@edge_cases
+@given(text=texts)
+def test_encoding_in_blocks_gives_the_same_ids(trained, text):
+    # long texts are encoded a block at a time, cut where the pattern cuts anyway: blocks of a few
+    # characters here, so that the cuts fall everywhere
+    from tinygrad_lm.tokenizers import bpe
+    tok = trained[0]
+    whole = tok.encode(text, allowed_special="all")
+    size = bpe.ENCODE_BLOCK_CHARS
+    try:
+        bpe.ENCODE_BLOCK_CHARS = 4
+        assert tok.encode(text, allowed_special="all") == whole
+        assert tok.encode_batch([text, "", text], allowed_special="all") == [whole, [], whole]
+    finally:
+        bpe.ENCODE_BLOCK_CHARS = size
+
+
 def test_patterns_are_the_reference_strings():
     # tiktoken's own cl100k_base pattern (read from its source: cl100k_base() would download the
     # ranks); GPT-2's as tiktoken's comment and HF's ByteLevel have it
@@ -241,7 +265,7 @@ def test_counting_kernel_equals_regex_counts(text):
             assert count_chunks(text, name) == expected, name
     finally:
         bpe_train.BLOCK_CHARS = size
-    assert "".join(bpe_train._blocks(text, 2)) == text
+    assert "".join(blocks(text, 2)) == text
 
 
 def test_trainer_kernel_equals_reference_on_real_text():

@@ -34,10 +34,11 @@ from itertools import chain
 import numpy as np
 
 from .base import FORMAT_VERSION, Tokenizer, as_id_array
-from .patterns import PATTERNS, make_splitter, resolve_pattern
+from .patterns import PATTERNS, blocks, make_splitter, resolve_pattern
 
 CACHE_LIMIT = 1 << 18       # chunks kept in the cache (a few tens of MB); cleared when full
 CACHE_MAX_CHUNK = 256       # longer chunks (pattern "none") are not kept: they rarely repeat
+ENCODE_BLOCK_CHARS = 1 << 24   # a named pattern encodes longer texts a block at a time (memory)
 # kernels/cpu/bpe_text.py's scanner per named pattern (kept here so that no Numba loads to build one)
 TEXT_PATTERN_IDS = {"none": 0, "gpt2": 1, "gpt4": 2, "digits": 3, "smollm": 3}
 SCANNED_REGEXES = {PATTERNS[name]: i for name, i in TEXT_PATTERN_IDS.items()}
@@ -239,8 +240,27 @@ class BPETokenizer(Tokenizer):
         return self._table
 
     def _encode_named(self, pieces: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """A named pattern: split, cache and merge in one kernel call over the pieces' code points.
-        Returns (ids int32, where each piece's ids end)."""
+        """A named pattern: split, cache and merge in kernel calls over the pieces' code points, of
+        at most about ENCODE_BLOCK_CHARS each (a long text is cut where the pattern cuts anyway, so
+        the ids are the same; memory stays bounded). Returns (ids int32, where each piece's ids end)."""
+        if self._text_pattern == 0 or sum(map(len, pieces)) <= ENCODE_BLOCK_CHARS:   # "none" never cuts
+            return self._encode_named_once(pieces)
+        subs = [(b, k) for k, piece in enumerate(pieces) for b in blocks(piece, ENCODE_BLOCK_CHARS)]
+        out, piece_ends, offset, i = [], np.zeros(len(pieces), np.int64), 0, 0
+        while i < len(subs):
+            j, size = i, 0
+            while j < len(subs) and (j == i or size + len(subs[j][0]) <= ENCODE_BLOCK_CHARS):
+                size += len(subs[j][0])
+                j += 1
+            ids, ends = self._encode_named_once([b for b, _ in subs[i:j]])
+            for (_, k), end in zip(subs[i:j], ends.tolist()):
+                piece_ends[k] = offset + end    # the last block of piece k sets its end
+            out.append(ids)
+            offset += ids.size
+            i = j
+        return np.concatenate(out), piece_ends
+
+    def _encode_named_once(self, pieces: list[str]) -> tuple[np.ndarray, np.ndarray]:
         text_kernel = _kernels()[1]
         joined = pieces[0] if len(pieces) == 1 else "".join(pieces)
         cps = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), np.uint32)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .bpe import SCANNED_REGEXES
-from .patterns import make_splitter, resolve_pattern
+from .patterns import blocks, make_splitter, resolve_pattern
 
 
 def _read(path: Path) -> str:
@@ -101,29 +101,12 @@ def _count_by_kernel(scanner: int):
     from tinygrad_lm.kernels.cpu import bpe_text   # Numba loads only when training
 
     def count(text: str, counts: Counter) -> None:
-        for block in _blocks(text, BLOCK_CHARS):
+        for block in blocks(text, BLOCK_CHARS):
             cps = np.frombuffer(block.encode("utf-32-le", "surrogatepass"), np.uint32)
             starts, lengths, n = bpe_text.count_chunks(cps, bpe_text.char_classes(), scanner)
             ends = (starts + lengths).tolist()
             counts.update(dict(zip(map(block.__getitem__, map(slice, starts.tolist(), ends)), n.tolist())))
     return count
-
-
-def _blocks(text: str, size: int):
-    """``text`` in pieces of about ``size`` characters, cut where every named pattern has a chunk
-    boundary whatever surrounds it: after a newline with a non-space on both sides ("x\\ny"). A
-    chunk holding that newline ends there (it is whitespace only, or gpt4's punctuation run plus
-    newlines), and the match at "y" starts afresh, with no lookbehind: the regex cuts there too."""
-    start = 0
-    while len(text) - start > size:
-        p = text.find("\n", start + size)
-        while p != -1 and not (p + 1 < len(text) and not text[p - 1].isspace() and not text[p + 1].isspace()):
-            p = text.find("\n", p + 1)
-        if p == -1:
-            break
-        yield text[start:p + 1]
-        start = p + 1
-    yield text[start:]
 
 
 def train_reference(chunk_counts: dict[str, int], n_new: int) -> list[tuple[int, int, int]]:

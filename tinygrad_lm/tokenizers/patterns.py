@@ -101,3 +101,21 @@ def make_splitter(pattern: str, name: str | None = None):
             chunks.append(text[end:])
         return chunks
     return split
+
+
+def blocks(text: str, size: int):
+    """``text`` in pieces of about ``size`` characters, cut where every named pattern but "none" has
+    a chunk boundary whatever surrounds it: after a newline with a non-space on both sides ("x\\ny"). A
+    chunk holding that newline ends there (it is whitespace only, or gpt4's punctuation run plus
+    newlines), and the match at "y" starts afresh, with no lookbehind: the regex cuts there too.
+    Encoding and counting a block at a time keep their memory bounded on a long text."""
+    start = 0
+    while len(text) - start > size:
+        p = text.find("\n", start + size)
+        while p != -1 and not (p + 1 < len(text) and not text[p - 1].isspace() and not text[p + 1].isspace()):
+            p = text.find("\n", p + 1)
+        if p == -1:
+            break
+        yield text[start:p + 1]
+        start = p + 1
+    yield text[start:]
