@@ -26,25 +26,25 @@ _CUDA_HINT = ("install CuPy for your CUDA version (pip install 'tinygrad_lm[cuda
 
 # ---- the host allocator ------------------------------------------------------------------
 
-_MIB = 1 << 20
-
-
 def _tune_glibc_malloc() -> dict | None:
-    """Keep freed memory in the heap instead of handing it back to the OS after every step.
+    """Keep freed memory in the heap for the next training step instead of handing it back to the OS.
 
     Autograd keeps each op's output alive on the tape until backward() frees the graph, so a
-    training step allocates many MB and frees them all at once. glibc then gives the top of the
-    heap back to the OS (trim) and serves big arrays with fresh mmaps, so the next step pays a
-    page fault per 4 KiB again: on the project's CPU machines ``a * c`` on (768, 128) float32,
-    kept on the tape, took ~400 us instead of ~50 us. Raising the mmap threshold to its
-    maximum (32 MiB on 64-bit glibc) and the trim threshold to 512 MiB keeps that memory
-    mapped and reused. The cost is that up to 512 MiB freed at the top of the heap stays with
-    the process. Linux with glibc only; set TINYGRAD_LM_NO_MALLOPT=1 to opt out, and glibc's
-    own MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ variables, when set, are left to rule.
+    training step allocates many MB and frees them all at once. By default glibc serves every
+    array over 32 MiB (at most; its threshold cannot go higher) with a fresh mmap and unmaps it on
+    free, and gives the top of the heap back to the OS (trim), so the next step pays a page fault
+    per 4 KiB page again. On the project's 2-core VMs that cost more than the math: the small
+    GPT's step (its MLP activations are 100 MB arrays) took 7.6-7.8 s with fresh mappings and
+    6.0 s with the memory kept, and ``a * c`` on (768, 128) float32 kept on the tape took ~400 us
+    instead of ~50 us. So: no mmap for big arrays (M_MMAP_MAX = 0; they come from the heap and
+    are reused) and no trimming (M_TRIM_THRESHOLD = -1). The cost: the memory of the largest
+    step stays with the process until it exits (the peak itself does not grow). Linux with glibc
+    only; set TINYGRAD_LM_NO_MALLOPT=1 to opt out; glibc's own MALLOC_MMAP_MAX_,
+    MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ variables, when set, are left to rule.
     Returns what was set (None if nothing was)."""
     if os.environ.get("TINYGRAD_LM_NO_MALLOPT", "") not in ("", "0") or not sys.platform.startswith("linux"):
         return None
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+    if any(v in os.environ for v in ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
         return None
     try:
         if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
@@ -52,12 +52,12 @@ def _tune_glibc_malloc() -> dict | None:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (ValueError, OSError, AttributeError):  # not glibc (e.g. musl), or no libc.so.6
         return None
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
-    settings = {"M_MMAP_THRESHOLD": 32 * _MIB, "M_TRIM_THRESHOLD": 512 * _MIB}
+    codes = {"M_TRIM_THRESHOLD": -1, "M_MMAP_MAX": -4}  # from glibc's malloc.h
+    settings = {"M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": -1}  # -1: "disables trimming completely" (man mallopt)
     applied = {}
-    for name, code in (("M_MMAP_THRESHOLD", M_MMAP_THRESHOLD), ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD)):
-        if mallopt(ctypes.c_int(code), ctypes.c_int(settings[name])) == 1:  # 1 = success
-            applied[name] = settings[name]
+    for name, value in settings.items():
+        if mallopt(ctypes.c_int(codes[name]), ctypes.c_int(value)) == 1:  # 1 = success
+            applied[name] = value
     return applied or None
 
 
