@@ -79,6 +79,12 @@ def test_overwrite_starts_over(main, tmp_path):
     assert max(r["iter"] for r in log) == 1  # nothing of the old run's log is left
 
 
+def test_resume_and_overwrite_together_is_an_error(main, tmp_path):
+    code, out, err = main("train", *SMALL, "--out", "run", "--resume", "--overwrite")
+    assert code == 2 and "not allowed with argument" in _one_error_line(err)
+    assert not (tmp_path / "run").exists()
+
+
 def test_default_run_folder_is_never_reused(main, tmp_path):
     """No --out: out/, then out-2/, out-3/ (said on stdout); --resume continues the newest."""
     code, out, _ = main("train", *SMALL, "--max_iters", 1)

@@ -105,8 +105,9 @@ def add_parser(sub) -> None:
                    help=f"folder for ckpt.npz, log.jsonl, loss.png (default: {DEFAULT_OUT}, or {DEFAULT_OUT}-2, "
                         f"{DEFAULT_OUT}-3... if it holds a run; with --resume, the newest of those)")
     t.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="where to train")
-    t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    t.add_argument("--overwrite", action="store_true", help="delete the run saved in --out and start over")
+    fate = t.add_mutually_exclusive_group()  # what to do with a run already in --out
+    fate.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    fate.add_argument("--overwrite", action="store_true", help="delete the run saved in --out and start over")
     t.add_argument("--seed", type=int, default=1337, metavar="N", help="seed of the weights and batches")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_flags(t)
