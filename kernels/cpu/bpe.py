@@ -191,10 +191,23 @@ def _merge_long(tok, n, keys, ranks, bits, merged):
 
 
 @_jit
+def _byte_tokens(buf, lo, n, byte_ids, tok):
+    """tok[:m] = the ids of bytes buf[lo:lo + n], leaving out bytes without a token (id -1: a
+    vocabulary may lack bytes that never occur in UTF-8 text, as SmolLM2's does). Returns m."""
+    m = 0
+    for j in range(n):
+        t = byte_ids[buf[lo + j]]
+        if t >= 0:
+            tok[m] = t
+            m += 1
+    return m
+
+
+@_jit
 def encode_chunks(buf, offsets, byte_ids, keys, ranks, bits, merged):
     """BPE-encode every chunk buf[offsets[c]:offsets[c+1]] (UTF-8 bytes).
 
-    byte_ids: (256,) the token id of each byte. keys/ranks/bits: ``build_merge_table``.
+    byte_ids: (256,) the token id of each byte (-1: none; dropped). keys/ranks/bits: ``build_merge_table``.
     merged: (n_merges,) the id merge r produces. Returns (ids int32, out_offsets int64):
     chunk c's ids are ids[out_offsets[c]:out_offsets[c+1]]."""
     n_chunks = offsets.size - 1
@@ -209,8 +222,7 @@ def encode_chunks(buf, offsets, byte_ids, keys, ranks, bits, merged):
     for c in range(n_chunks):
         lo = offsets[c]
         n = offsets[c + 1] - lo
-        for j in range(n):
-            tok[j] = byte_ids[buf[lo + j]]
+        n = _byte_tokens(buf, lo, n, byte_ids, tok)
         if n <= SMALL_CHUNK:
             n = _merge_small(tok, n, rk, keys, ranks, bits, merged)
         else:

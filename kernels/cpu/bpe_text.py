@@ -14,7 +14,7 @@ scan with counts instead of ids, for training.
 """
 import numpy as np
 
-from .bpe import EMPTY, HASH_MUL, SMALL_CHUNK, _grow, _jit, _merge_long, _merge_small
+from .bpe import EMPTY, HASH_MUL, SMALL_CHUNK, _byte_tokens, _grow, _jit, _merge_long, _merge_small
 
 L, N, S = 1, 2, 4           # class bits: \p{L}, \p{N}, \s (a char with none of them is "other")
 FOLD_SHIFT = 3              # bits 3..6: which of s d m t l v e r the char is, case-insensitively
@@ -281,9 +281,7 @@ def encode_text(cps, ends, cls, pattern, byte_ids, keys, ranks, bits, merged):
             if 4 * n > buf.size:
                 buf = np.empty(4 * n, np.int32)
                 tok = np.empty(4 * n, np.int32)
-            nb = _utf8(cps, i, j, buf)
-            for k in range(nb):
-                tok[k] = byte_ids[buf[k]]
+            nb = _byte_tokens(buf, 0, _utf8(cps, i, j, buf), byte_ids, tok)
             if nb <= SMALL_CHUNK:
                 m = _merge_small(tok, nb, rk, keys, ranks, bits, merged)
             else:
