@@ -45,6 +45,17 @@ def as_id_array(ids, vocab_size: int) -> np.ndarray:
     return arr
 
 
+def check_special_tokens(special_tokens) -> list[str]:
+    """The special tokens as a list; ValueError unless they are distinct non-empty strings."""
+    specials = list(special_tokens)
+    for s in specials:
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"special tokens must be non-empty strings, got {s!r}")
+    if len(set(specials)) != len(specials):
+        raise ValueError(f"duplicate special tokens: {specials}")
+    return specials
+
+
 class Tokenizer:
     """Base class. Subclasses set ``kind`` and implement the methods below."""
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .base import check_special_tokens
 from .bpe import SCANNED_REGEXES
 from .patterns import blocks, make_splitter, resolve_pattern
 
@@ -176,12 +177,7 @@ def train_bpe(cls, text_or_paths, vocab_size: int, pattern: str = "gpt4",
               special_tokens: Iterable[str] = ("<|endoftext|>",), progress: bool = True):
     """BPETokenizer.train (see there)."""
     resolve_pattern(pattern)   # a bad pattern fails before any reading
-    specials = list(special_tokens)
-    for s in specials:
-        if not isinstance(s, str) or not s:
-            raise ValueError(f"special tokens must be non-empty strings, got {s!r}")
-    if len(set(specials)) != len(specials):
-        raise ValueError(f"duplicate special tokens: {specials}")
+    specials = check_special_tokens(special_tokens)
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
         raise ValueError(f"vocab_size must be an int, got {vocab_size!r}")
     n_new = int(vocab_size) - 256 - len(specials)

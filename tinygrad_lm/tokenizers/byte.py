@@ -30,7 +30,7 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from .base import FORMAT_VERSION, Tokenizer, as_id_array
+from .base import FORMAT_VERSION, Tokenizer, as_id_array, check_special_tokens
 
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>",)
 NUM_BYTES = 256
@@ -42,12 +42,7 @@ class ByteTokenizer(Tokenizer):
     kind = "byte"
 
     def __init__(self, special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS):
-        special_tokens = list(special_tokens)
-        for s in special_tokens:
-            if not isinstance(s, str) or not s:
-                raise ValueError(f"special tokens must be non-empty strings, got {s!r}")
-        if len(set(special_tokens)) != len(special_tokens):
-            raise ValueError(f"duplicate special tokens: {special_tokens}")
+        special_tokens = check_special_tokens(special_tokens)
         self.special_tokens = special_tokens
         self.special_ids = {s: NUM_BYTES + i for i, s in enumerate(special_tokens)}
 
