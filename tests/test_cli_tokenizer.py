@@ -98,3 +98,18 @@ def test_train_with_a_bpe_tokenizer(main, tmp_path):
     assert bpb == pytest.approx(loss * n / n_bytes / math.log(2), rel=1e-3)
     code, out, err = main("generate", "--ckpt", "a", "--prompt", "Café 🙂", "--max-new-tokens", 5, "--seed", 0)
     assert code == 0, err and out.startswith("Café 🙂")
+
+
+def test_training_text_with_a_special_tokens_spelling(tmp_path):
+    """A corpus may spell <|endoftext|>: for training data it is text (as with the byte tokenizer)."""
+    from tinygrad_lm.data import load_dataset
+    from tinygrad_lm.tokenizers import make_tokenizer
+    text = TEXT + "<|endoftext|>" + TEXT
+    (tmp_path / "eot.txt").write_text(text, encoding="utf-8")
+    data, tok = load_dataset(tmp_path / "eot.txt", "bpe", cache_dir=tmp_path / "cache", bpe_vocab_size=300)
+    ids = list(data.train) + list(data.val)
+    assert tok.decode(ids) == text and tok.token_id("<|endoftext|>") not in ids
+    made = make_tokenizer("bpe", TEXT, vocab_size=300)
+    assert made.to_dict() == BPETokenizer.train(TEXT, 300, progress=False).to_dict()
+    with pytest.raises(ValueError, match="built from a text"):
+        make_tokenizer("bpe")

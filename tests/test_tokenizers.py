@@ -203,8 +203,8 @@ def test_make_tokenizer():
     assert make_tokenizer("char", "ba").chars == ["a", "b"]
     assert make_tokenizer("byte") == ByteTokenizer()
     assert make_tokenizer("byte", special_tokens=["<s>"]).special_tokens == ["<s>"]
-    with pytest.raises(ValueError, match="char, byte"):
-        make_tokenizer("bpe", "text")
+    with pytest.raises(ValueError, match="char, byte, bpe"):
+        make_tokenizer("wordpiece", "text")
     with pytest.raises(ValueError):
         make_tokenizer("char")
 

@@ -372,7 +372,10 @@ def load_dataset(path=None, tokenizer: str | Tokenizer = "char", cache_dir=None,
         from_cache = True
     else:
         tok = tokenizer if isinstance(tokenizer, Tokenizer) else make_tokenizer("char", corpus.text)
-        tokens = tok.encode_array(corpus.text, dtype=token_dtype(tok.vocab_size))
+        # a special token's spelling in training text is text, as with the byte tokenizer (BPE's
+        # own default, like tiktoken's, refuses it)
+        extra = {"allowed_special": "none"} if tok.kind == "bpe" else {}
+        tokens = tok.encode_array(corpus.text, dtype=token_dtype(tok.vocab_size), **extra)
         from_cache = False
         meta = dict(expect, dtype=tokens.dtype.name, num_tokens=len(tokens), source=corpus.name,
                     files=len(corpus.files), tokenizer=tok.to_dict())

@@ -28,13 +28,16 @@ TOKENIZER_KINDS = tuple(TOKENIZERS)
 
 def make_tokenizer(kind: str, text: str | None = None, **kwargs) -> Tokenizer:
     """Build a tokenizer by kind. ``"char"`` needs ``text`` (its vocabulary is the text's
-    characters); ``"byte"`` ignores it and takes ``special_tokens=[...]`` as a keyword."""
+    characters); ``"byte"`` ignores it and takes ``special_tokens=[...]`` as a keyword;
+    ``"bpe"`` is trained on ``text`` (keywords of BPETokenizer.train: vocab_size, pattern, ...)."""
+    if kind in ("char", "bpe") and text is None:
+        raise ValueError(f"a {kind} tokenizer is built from a text: make_tokenizer({kind!r}, text)")
     if kind == "char":
-        if text is None:
-            raise ValueError("a char tokenizer is built from a text: make_tokenizer('char', text)")
         return CharTokenizer.from_text(text, **kwargs)
     if kind == "byte":
         return ByteTokenizer(**kwargs)
+    if kind == "bpe":
+        return BPETokenizer.train(text, **{"progress": False, **kwargs})
     raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
 
 
