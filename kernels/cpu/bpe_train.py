@@ -103,6 +103,26 @@ def _spell(t, left, right, out):
     return n
 
 
+
+@_jit
+def _move_count(old, key, w, c, keys, cnt, head, last, bits, used, node_chunk, node_next, n_nodes,
+                touched, n_touched):
+    """A merge turned w occurrences of pair ``old`` in chunk c into pair ``key``: move the count,
+    list chunk c under ``key`` (once), and note ``key`` for the heap. Returns the updated
+    (used slots, list nodes, touched keys)."""
+    cnt[_slot(keys, old, bits)] -= w
+    s = _slot(keys, key, bits)
+    if keys[s] == EMPTY:
+        keys[s] = key
+        used += 1
+    cnt[s] += w
+    if last[s] != c:
+        node_chunk[n_nodes], node_next[n_nodes] = c, head[s]
+        head[s], last[s] = n_nodes, c
+        n_nodes += 1
+    touched[n_touched] = key
+    return used, n_nodes, n_touched + 1
+
 @_jit
 def train_merges(tok, start, weight, n_new, progress):
     """Learn merges until ``n_new`` new tokens exist (or no pair is left).
@@ -249,36 +269,16 @@ def train_merges(tok, start, weight, n_new, progress):
             while i < n:
                 x = tok[lo + i]
                 if i + 1 < n and x == a and tok[lo + i + 1] == b:
-                    if jw > 0:
+                    if jw > 0:          # (prev, a) becomes (prev, new)
                         prev = tok[lo + jw - 1]
-                        cnt[_slot(keys, _pair(prev, a), bits)] -= w
-                        k2 = _pair(prev, new)
-                        s2 = _slot(keys, k2, bits)
-                        if keys[s2] == EMPTY:
-                            keys[s2] = k2
-                            used += 1
-                        cnt[s2] += w
-                        if last[s2] != c:
-                            node_chunk[n_nodes], node_next[n_nodes] = c, head[s2]
-                            head[s2], last[s2] = n_nodes, c
-                            n_nodes += 1
-                        touched[n_touched] = k2
-                        n_touched += 1
-                    if i + 2 < n:
+                        used, n_nodes, n_touched = _move_count(
+                            _pair(prev, a), _pair(prev, new), w, c, keys, cnt, head, last, bits, used,
+                            node_chunk, node_next, n_nodes, touched, n_touched)
+                    if i + 2 < n:       # (b, next) becomes (new, next)
                         nx = tok[lo + i + 2]
-                        cnt[_slot(keys, _pair(b, nx), bits)] -= w
-                        k2 = _pair(new, nx)
-                        s2 = _slot(keys, k2, bits)
-                        if keys[s2] == EMPTY:
-                            keys[s2] = k2
-                            used += 1
-                        cnt[s2] += w
-                        if last[s2] != c:
-                            node_chunk[n_nodes], node_next[n_nodes] = c, head[s2]
-                            head[s2], last[s2] = n_nodes, c
-                            n_nodes += 1
-                        touched[n_touched] = k2
-                        n_touched += 1
+                        used, n_nodes, n_touched = _move_count(
+                            _pair(b, nx), _pair(new, nx), w, c, keys, cnt, head, last, bits, used,
+                            node_chunk, node_next, n_nodes, touched, n_touched)
                     tok[lo + jw] = new
                     i += 2
                 else:
