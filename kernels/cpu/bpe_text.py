@@ -221,6 +221,31 @@ def _rehash_entries(e_hash, n_entries, cbits):
 
 
 @_jit
+def _find_chunk(cps, i, j, table, e_hash, e_text, e_len, cbits):
+    """Look the chunk cps[i:j] up in a call's chunk table (open addressing, keyed by a hash of its
+    code points). Returns (its key, the slot where it is or would go, its entry or -1)."""
+    n = j - i
+    h = np.uint64(n)
+    for k in range(i, j):
+        h = (h ^ np.uint64(cps[k])) * HASH_MUL
+    key = np.int64(h >> np.uint64(1))
+    slot = np.int64(h >> np.uint64(64 - cbits))
+    while table[slot] != EMPTY:
+        e = table[slot]
+        if e_hash[e] == key and e_len[e] == n:
+            t = e_text[e]
+            same = True
+            for k in range(n):
+                if cps[t + k] != cps[i + k]:
+                    same = False
+                    break
+            if same:
+                return key, slot, e
+        slot = (slot + 1) & ((1 << cbits) - 1)
+    return key, slot, -1
+
+
+@_jit
 def encode_text(cps, ends, cls, pattern, byte_ids, keys, ranks, bits, merged):
     """BPE ids of texts given as code points back to back: piece p is cps[ends[p-1]:ends[p]]
     (chunks never cross a piece's end). Returns (ids int32, id_ends int64 per piece).
@@ -249,27 +274,9 @@ def encode_text(cps, ends, cls, pattern, byte_ids, keys, ranks, bits, merged):
         while i < ends[p]:
             j = _chunk_end(cps, cls, i, ends[p], pattern)
             n = j - i
-            h = np.uint64(n)
             key, slot = np.int64(0), np.int64(0)
             if n <= CACHE_MAX_CHUNK:
-                for k in range(i, j):
-                    h = (h ^ np.uint64(cps[k])) * HASH_MUL
-                key = np.int64(h >> np.uint64(1))
-                slot = np.int64(h >> np.uint64(64 - cbits))
-                found = -1
-                while table[slot] != EMPTY:
-                    e = table[slot]
-                    if e_hash[e] == key and e_len[e] == n:
-                        t = e_text[e]
-                        same = True
-                        for k in range(n):
-                            if cps[t + k] != cps[i + k]:
-                                same = False
-                                break
-                        if same:
-                            found = e
-                            break
-                    slot = (slot + 1) & ((1 << cbits) - 1)
+                key, slot, found = _find_chunk(cps, i, j, table, e_hash, e_text, e_len, cbits)
                 if found >= 0:
                     o, m = e_out[found], e_n[found]
                     if pos + m > out.size:
@@ -325,25 +332,7 @@ def count_chunks(cps, cls, pattern):
     while i < cps.size:
         j = _chunk_end(cps, cls, i, cps.size, pattern)
         n = j - i
-        h = np.uint64(n)
-        for k in range(i, j):
-            h = (h ^ np.uint64(cps[k])) * HASH_MUL
-        key = np.int64(h >> np.uint64(1))
-        slot = np.int64(h >> np.uint64(64 - cbits))
-        found = -1
-        while table[slot] != EMPTY:
-            e = table[slot]
-            if e_hash[e] == key and e_len[e] == n:
-                t = e_text[e]
-                same = True
-                for k in range(n):
-                    if cps[t + k] != cps[i + k]:
-                        same = False
-                        break
-                if same:
-                    found = e
-                    break
-            slot = (slot + 1) & ((1 << cbits) - 1)
+        key, slot, found = _find_chunk(cps, i, j, table, e_hash, e_text, e_len, cbits)
         if found >= 0:
             e_count[found] += 1
         else:
