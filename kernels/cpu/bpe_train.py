@@ -105,12 +105,9 @@ def _spell(t, left, right, out):
 
 
 @_jit
-def _move_count(old, key, w, c, keys, cnt, head, last, bits, used, node_chunk, node_next, n_nodes,
-                touched, n_touched):
-    """A merge turned w occurrences of pair ``old`` in chunk c into pair ``key``: move the count,
-    list chunk c under ``key`` (once), and note ``key`` for the heap. Returns the updated
-    (used slots, list nodes, touched keys)."""
-    cnt[_slot(keys, old, bits)] -= w
+def _add_count(key, w, c, keys, cnt, head, last, bits, used, node_chunk, node_next, n_nodes):
+    """Pair ``key`` occurs w more times, in chunk c: count it (a new slot if it is new) and list
+    chunk c under it once. Returns the updated (used slots, list nodes)."""
     s = _slot(keys, key, bits)
     if keys[s] == EMPTY:
         keys[s] = key
@@ -120,8 +117,19 @@ def _move_count(old, key, w, c, keys, cnt, head, last, bits, used, node_chunk, n
         node_chunk[n_nodes], node_next[n_nodes] = c, head[s]
         head[s], last[s] = n_nodes, c
         n_nodes += 1
+    return used, n_nodes
+
+
+@_jit
+def _move_count(old, key, w, c, keys, cnt, head, last, bits, used, node_chunk, node_next, n_nodes,
+                touched, n_touched):
+    """A merge turned w occurrences of pair ``old`` in chunk c into pair ``key``: move the count
+    and note ``key`` for the heap. Returns the updated (used slots, list nodes, touched keys)."""
+    cnt[_slot(keys, old, bits)] -= w
+    used, n_nodes = _add_count(key, w, c, keys, cnt, head, last, bits, used, node_chunk, node_next, n_nodes)
     touched[n_touched] = key
     return used, n_nodes, n_touched + 1
+
 
 @_jit
 def train_merges(tok, start, weight, n_new, progress):
@@ -166,16 +174,8 @@ def train_merges(tok, start, weight, n_new, progress):
     for c in range(n_chunks):
         lo, w = start[c], weight[c]
         for i in range(length[c] - 1):
-            key = _pair(tok[lo + i], tok[lo + i + 1])
-            s = _slot(keys, key, bits)
-            if keys[s] == EMPTY:
-                keys[s] = key
-                used += 1
-            cnt[s] += w
-            if last[s] != c:
-                node_chunk[n_nodes], node_next[n_nodes] = c, head[s]
-                head[s], last[s] = n_nodes, c
-                n_nodes += 1
+            used, n_nodes = _add_count(_pair(tok[lo + i], tok[lo + i + 1]), w, c, keys, cnt, head, last, bits,
+                                       used, node_chunk, node_next, n_nodes)
     hc = np.empty(max(used, 16), np.int64)
     hk = np.empty(max(used, 16), np.int64)
     hsize = 0
