@@ -40,6 +40,14 @@ def _ids_digest(ids) -> dict:
     return {"n_ids": len(ids), "ids_sha256": h.hexdigest()}
 
 
+def _timed_encode(encode, args: dict) -> dict:
+    """Time ``encode(corpus text)``; the ids stay here: only their count and hash go back."""
+    text = _read(args["corpus"])
+    res = timed_calls(lambda: encode(text), args["warmup"], args["repeats"])
+    ids = res.pop("values")[-1]
+    return {**res, **_ids_digest(ids)}
+
+
 def ours_train(args: dict) -> dict:
     _load("tinygrad_lm")
     from tinygrad_lm.tokenizers import BPETokenizer
@@ -58,10 +66,7 @@ def ours_encode(args: dict) -> dict:
     from tinygrad_lm.tokenizers import BPETokenizer
     with open(args["ours"], encoding="utf-8") as f:
         tok = BPETokenizer.from_dict(json.load(f))
-    text = _read(args["corpus"])
-    res = timed_calls(lambda: tok.encode(text), args["warmup"], args["repeats"])
-    ids = res.pop("values")[-1]     # the ids stay here: only their count and hash go back
-    return {**res, **_ids_digest(ids)}
+    return _timed_encode(tok.encode, args)
 
 
 def tiktoken_encode(args: dict) -> dict:
@@ -70,10 +75,7 @@ def tiktoken_encode(args: dict) -> dict:
         ranks = {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in f if line.strip())}
     enc = tiktoken.Encoding("bench", pat_str=args["pat_str"], mergeable_ranks=ranks,
                             special_tokens={"<|endoftext|>": len(ranks)})
-    text = _read(args["corpus"])
-    res = timed_calls(lambda: enc.encode_ordinary(text), args["warmup"], args["repeats"])
-    ids = res.pop("values")[-1]     # the ids stay here: only their count and hash go back
-    return {**res, **_ids_digest(ids)}
+    return _timed_encode(enc.encode_ordinary, args)
 
 
 def hf_train(args: dict) -> dict:
@@ -98,10 +100,7 @@ def hf_train(args: dict) -> dict:
 def hf_encode(args: dict) -> dict:
     tokenizers = _load("tokenizers")
     tok = tokenizers.Tokenizer.from_file(args["hf"])
-    text = _read(args["corpus"])
-    res = timed_calls(lambda: tok.encode(text, add_special_tokens=False).ids, args["warmup"], args["repeats"])
-    ids = res.pop("values")[-1]     # the ids stay here: only their count and hash go back
-    return {**res, **_ids_digest(ids)}
+    return _timed_encode(lambda text: tok.encode(text, add_special_tokens=False).ids, args)
 
 
 def runtime() -> dict:

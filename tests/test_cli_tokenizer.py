@@ -1,8 +1,6 @@
 """`tinygrad-lm tokenizer train|encode` and `train --tokenizer bpe`, in-process through cli.main."""
-import json
 import math
 import re
-from pathlib import Path
 
 import pytest
 

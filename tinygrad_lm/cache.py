@@ -35,13 +35,18 @@ def numba_cache_dir() -> Path:
     return Path(env).expanduser() if env else cache_dir() / "numba"
 
 
+_WRITABLE: dict[Path, bool] = {}  # checked once per folder and process (every kernel decoration asks)
+
+
 def _writable(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
-        return True
-    except OSError:
-        return False
+    if folder not in _WRITABLE:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+            _WRITABLE[folder] = True
+        except OSError:
+            _WRITABLE[folder] = False
+    return _WRITABLE[folder]
 
 
 _warned = False
