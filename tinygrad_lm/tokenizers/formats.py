@@ -282,9 +282,44 @@ def save_gpt2_folder(tok: BPETokenizer, folder) -> None:
     (folder / "bpe.json").write_text(json.dumps(_sidecar(tok), ensure_ascii=True, indent=1) + "\n", encoding="utf-8")
 
 
+def read_hf_chat_info(folder) -> dict:
+    """chat_template, bos_token and eos_token of an HF folder: tokenizer_config.json (the template
+    as a string, or a list of named ones where "default" is used), or chat_template.jinja, which
+    newer transformers write beside it. Tokens may be strings or {"content": ...} dicts."""
+    folder = Path(folder)
+    cfg_path = folder / "tokenizer_config.json"
+    cfg = read_json(cfg_path, "an HF tokenizer_config.json") if cfg_path.is_file() else {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_path}: expected a JSON object")
+    template = cfg.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default", next(iter(named.values()), None))
+    if template is None and (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    if template is not None and not isinstance(template, str):
+        raise ValueError(f"{cfg_path}: chat_template is a {type(template).__name__}, expected a string")
+
+    def token(key):
+        v = cfg.get(key)
+        return v.get("content") if isinstance(v, dict) else v if isinstance(v, str) else None
+    return {"chat_template": template, "bos_token": token("bos_token"), "eos_token": token("eos_token")}
+
+
+def hf_tokenizer_config(tok: BPETokenizer) -> dict:
+    """tokenizer_config.json for transformers' PreTrainedTokenizerFast, with the chat template."""
+    d = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+         "model_max_length": 1000000000000000019884624838656}
+    for key, value in tok.chat_info().items():
+        if value is not None:
+            d[key] = value
+    return d
+
+
 def load_folder(folder) -> BPETokenizer:
     """A tokenizer folder: vocab.json + merges.txt (+ our bpe.json; without it, GPT-2's pattern and,
-    as specials, the tokens no merge can build, like GPT-2's <|endoftext|>), or an HF tokenizer.json."""
+    as specials, the tokens no merge can build, like GPT-2's <|endoftext|>), or an HF tokenizer.json
+    (with the chat template and bos/eos tokens of tokenizer_config.json)."""
     folder = Path(folder)
     vocab_path, merges_path, side_path = folder / "vocab.json", folder / "merges.txt", folder / "bpe.json"
     if not (vocab_path.is_file() and merges_path.is_file()):
@@ -293,7 +328,10 @@ def load_folder(folder) -> BPETokenizer:
             d = read_json(hf, "an HF tokenizer.json")
             if not is_hf_dict(d):
                 raise ValueError(f"{hf}: not an HF tokenizer.json (no model.type)")
-            return bpe_from_hf_dict(d, hf)
+            tok = bpe_from_hf_dict(d, hf)
+            info = read_hf_chat_info(folder)
+            known = {k: (v if k == "chat_template" or v in tok.special_tokens else None) for k, v in info.items()}
+            return tok.set_chat_info(**known)
         raise ValueError(f"{folder}: a tokenizer folder holds vocab.json + merges.txt (GPT-2) or tokenizer.json (HF)")
     vocab_s = read_json(vocab_path, "a GPT-2 vocab.json")
     if not isinstance(vocab_s, dict) or not all(type(i) is int for i in vocab_s.values()):

@@ -177,4 +177,6 @@ def read_gguf_tokenizer(path) -> dict:
 def load_gguf_tokenizer(path) -> BPETokenizer:
     """The BPETokenizer stored in a GGUF model file (see ``read_gguf_tokenizer``)."""
     parts = read_gguf_tokenizer(path)
-    return build(Path(path), parts["vocab"], parts["merges"], parts["pattern"], parts["special_tokens"])
+    tok = build(Path(path), parts["vocab"], parts["merges"], parts["pattern"], parts["special_tokens"])
+    names = {i: s for s, i in parts["special_tokens"].items()}  # bos/eos ids -> their special token strings
+    return tok.set_chat_info(parts["chat_template"], names.get(parts["bos_token_id"]), names.get(parts["eos_token_id"]))
