@@ -60,8 +60,8 @@ def load_model(name_or_path, dtype="float32", device: str = "cpu") -> GPT:
     config, state, info = read_pretrained(path)
     with skip_init():  # every parameter is overwritten below: drawing random numbers would only cost time
         model = GPT(config)
-    if DTYPES[str(dtype)] is not np.float32:
-        model.to(dtype=DTYPES[str(dtype)])
+    for p in model.parameters():  # still uninitialised: give them the dtype without casting garbage
+        p.data = np.empty(p.shape, DTYPES[str(dtype)])
     model.load_state_dict(state)
     del state
     model.name_or_path, model.source, model.source_info = str(name_or_path), path, info
