@@ -10,6 +10,8 @@ def add_parser(sub) -> None:
     i = sub.add_parser("info", help="parameter count, FLOPs per token, memory and config")
     src = i.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", metavar="PATH", help="a checkpoint folder (or its ckpt.npz)")
+    src.add_argument("--model", metavar="NAME|PATH", help="a pretrained model (HF folder, .gguf, model id, "
+                     "smollm2-135m-instruct)")
     src.add_argument("--preset", choices=tuple(PRESETS), help="a preset's model")
     i.add_argument("--vocab-size", "--vocab_size", dest="vocab_size", type=int, default=None, metavar="N",
                    help="vocabulary size for --preset (default: the preset's own, else 257: 256 bytes + 1 special)")
@@ -22,6 +24,13 @@ def run(args) -> int:
         cfg = GPTConfig.from_dict(ck["meta"]["model_config"])
         batch = ck["meta"].get("train_config", {}).get("batch_size")
         source = str(ck["path"])
+    elif args.model:
+        from ..hub import resolve
+        from ..hub.pretrained import read_pretrained
+        path = resolve(args.model)
+        cfg, _, meta = read_pretrained(path)
+        fmt = meta.get("file_type_name") or meta.get("format") or ""
+        source = f"{path} ({meta['family']} family{', ' + str(fmt) if fmt else ''})"
     else:
         p = get_preset(args.preset)
         cfg = GPTConfig(**{"vocab_size": 257, **p["model"], **({"vocab_size": args.vocab_size} if args.vocab_size else {})})
