@@ -181,10 +181,11 @@ def test_prompt_with_unseen_characters(work, env, run):
 
 def test_corrupt_checkpoint(work, env, run):
     out, _ = run
-    bad = work / "corrupt.npz"
-    raw = (out / "ckpt.npz").read_bytes()
+    bad = work / "corrupt.safetensors"
+    raw = (out / "ckpt.safetensors").read_bytes()
     bad.write_bytes(raw[: len(raw) // 2])
-    assert_usage_error(tlm(work, env, "generate", "--ckpt", "corrupt.npz"), "corrupt", "corrupt.npz")
+    assert_usage_error(tlm(work, env, "generate", "--ckpt", "corrupt.safetensors"), "corrupt.safetensors",
+                       "is not a tinygrad_lm checkpoint", "truncated")
 
 
 def test_incompatible_checkpoint(work, env, run):

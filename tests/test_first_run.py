@@ -58,7 +58,8 @@ def test_training_into_a_folder_with_a_run_refuses_and_keeps_it(main, tmp_path):
     code, out, err = main("train", *SMALL, "--max_iters", 2, "--out", "run")
     assert code == 2 and out == ""
     line = _one_error_line(err)
-    for part in ("run already holds a training run", "ckpt.npz at iter 4", "--resume", "--overwrite", "--out"):
+    for part in ("run already holds a training run", "ckpt.safetensors at iter 4", "--resume", "--overwrite",
+                 "--out"):
         assert part in line, (part, line)
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before  # nothing lost
 
@@ -96,7 +97,7 @@ def test_default_run_folder_is_never_reused(main, tmp_path):
         assert out.rstrip().endswith(f"checkpoint: {Path(f'out-{n}/ckpt.npz')}")
     code, out, err = main("train", "--resume", "--max_iters", 2, "--quiet", "--sample_tokens", 0)
     assert code == 0, err
-    assert f"resuming from iter 1 ({Path('out-3/ckpt.npz')})" in out
+    assert f"resuming from iter 1 ({Path('out-3/ckpt.safetensors')})" in out
     assert load_checkpoint(tmp_path / "out-3")["meta"]["step"] == 2
     assert load_checkpoint(tmp_path / "out")["meta"]["step"] == 1
 
@@ -131,7 +132,7 @@ def test_resume_says_where_it_starts_and_eval_shows_progress(main, tmp_path):
     assert main("train", *SMALL, "--max_iters", 2, "--eval_interval", 2, "--out", "run")[0] == 0
     code, out, err = main("train", "--resume", "--out", "run", "--max_iters", 3, "--quiet")
     assert code == 0, err
-    assert f"resuming from iter 2 ({Path('run/ckpt.npz')})" in out
+    assert f"resuming from iter 2 ({Path('run/ckpt.safetensors')})" in out
     code, out, err = main("eval", "--ckpt", "run", "--data", "input.txt")
     assert code == 0, err
     assert "eval val" in err and "100%" in err  # a bar instead of silence

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .checkpoint import CKPT_NAME, CheckpointError, checkpoint_step, load_checkpoint, save_checkpoint
+from .checkpoint import (CKPT_NAME, LEGACY_CKPT_NAME, CheckpointError, checkpoint_step, load_checkpoint,
+                         save_checkpoint)
 from .models import GPT, GPTConfig
 from .optim import clip_grad_norm, cosine_with_warmup, set_lr
 from .tensor import get_rng_state, manual_seed, no_grad, set_rng_state
@@ -31,7 +32,7 @@ class RunExistsError(FileExistsError):
     """The output folder holds a run, and neither resuming nor starting over was asked for."""
 
 
-RUN_FILES = (CKPT_NAME, "log.jsonl", "loss.png")  # what a run writes into its folder
+RUN_FILES = (CKPT_NAME, LEGACY_CKPT_NAME, "log.jsonl", "loss.png")  # what a run writes (or an older version wrote)
 
 
 @dataclass
@@ -164,7 +165,9 @@ class Trainer:
         meta = {"model_config": self.model_config.to_dict(), "train_config": config,
                 "tokenizer": self.tokenizer.to_dict(), "step": self.step, "best_val_loss": self.best_val,
                 "batch_rng": self.batch_rng.bit_generator.state, "global_rng": get_rng_state()}
-        return save_checkpoint(self.out, self.model.state_dict(), meta, self.optimizer.state_dict())
+        path = save_checkpoint(self.out, self.model.state_dict(), meta, self.optimizer.state_dict())
+        (self.out / LEGACY_CKPT_NAME).unlink(missing_ok=True)  # a resumed old run: one folder, one checkpoint
+        return path
 
     # ---- pieces of a step -----------------------------------------------------------------
     def _batch(self, split, rng):
@@ -288,11 +291,12 @@ class Trainer:
 
 
 def existing_run(out: Path) -> str:
-    """What of a run ``out`` holds ("" if nothing), e.g. "ckpt.npz at iter 2000, log.jsonl"."""
+    """What of a run ``out`` holds ("" if nothing), e.g. "ckpt.safetensors at iter 2000, log.jsonl"."""
     found = [name for name in RUN_FILES if (out / name).exists()]
-    step = checkpoint_step(out) if CKPT_NAME in found else None
+    # the first found is the checkpoint that loads (ckpt.safetensors before an old ckpt.npz), if any
+    step = checkpoint_step(out) if found and found[0] in (CKPT_NAME, LEGACY_CKPT_NAME) else None
     if step is not None:  # an unreadable checkpoint is still a file nobody asked us to replace
-        found[0] = f"{CKPT_NAME} at iter {step}"
+        found[0] = f"{found[0]} at iter {step}"
     return ", ".join(found)
 
 
