@@ -13,9 +13,9 @@ from strategies import T, arrays, assert_close, broadcastable_shapes, check, dis
 from tinygrad_lm import Tensor, gradcheck
 
 GRADCHECKED = {"Softmax", "LogSoftmax", "CrossEntropy", "LayerNorm", "RMSNorm", "Gelu", "Silu", "Embedding",
-               "Linear", "Attention",  # Attention: the fused op sdpa uses without a mask (test_sdpa) "Attention",  # Attention: test_sdpa modes "none" and "causal"
+               "Linear", "Attention", "Rope",  # Attention: the fused op sdpa uses without a mask (test_sdpa) "Attention",  # Attention: test_sdpa modes "none" and "causal"
                "F.softmax", "F.log_softmax", "F.cross_entropy", "F.layer_norm", "F.rms_norm", "F.gelu", "F.silu",
-               "F.relu", "F.dropout", "F.embedding", "F.linear", "F.scaled_dot_product_attention"}
+               "F.relu", "F.rope", "F.dropout", "F.embedding", "F.linear", "F.scaled_dot_product_attention"}
 
 
 @pytest.fixture(autouse=True)
@@ -237,6 +237,36 @@ def test_gelu_float32_and_bad_mode():
 def test_silu(data):
     a = data.draw(arrays(data.draw(shapes()), -8, 8))
     check(F.silu, lambda x: x / (1 + np.exp(-x)), a, rtol=1e-12)
+
+
+@given(half=st.integers(1, 5), lead=st.lists(st.integers(1, 3), max_size=2), T=st.integers(1, 4),
+       pairing=st.sampled_from(["half", "adjacent"]), data=st.data())
+def test_rope(half, lead, T, pairing, data):
+    """Against the formula written per pair: (a, b) -> (a cos - b sin, b cos + a sin)."""
+    hs = 2 * half
+    x = data.draw(arrays(tuple(lead) + (T, hs), -3, 3))
+    angles = data.draw(arrays((T, half), -7, 7))
+    if pairing == "half":
+        cos, sin = np.concatenate([np.cos(angles)] * 2, -1), np.concatenate([np.sin(angles)] * 2, -1)
+        first, second = np.arange(half), np.arange(half) + half
+    else:
+        cos, sin = np.repeat(np.cos(angles), 2, -1), np.repeat(np.sin(angles), 2, -1)
+        first, second = np.arange(0, hs, 2), np.arange(1, hs, 2)
+
+    def formula(x):
+        a, b, c, s = x[..., first], x[..., second], np.cos(angles), np.sin(angles)
+        out = np.empty_like(x)
+        out[..., first], out[..., second] = a * c - b * s, b * c + a * s
+        return out
+    check(lambda t: F.rope(t, cos, sin, pairing), formula, x, rtol=1e-12)
+
+
+def test_rope_bad_arguments():
+    x = Tensor(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="pairing"):
+        F.rope(x, np.ones((2, 4)), np.ones((2, 4)), "rotate")
+    with pytest.raises(ValueError, match="even last axis"):
+        F.rope(Tensor(np.zeros((2, 3))), np.ones((2, 3)), np.ones((2, 3)))
 
 
 @given(data=st.data())

@@ -11,7 +11,7 @@ from .ops import nn as _nn
 from .ops.nn import causal_mask
 from .tensor import Tensor, get_rng, where
 
-__all__ = ["softmax", "log_softmax", "cross_entropy", "layer_norm", "rms_norm", "gelu", "silu", "relu",
+__all__ = ["softmax", "log_softmax", "cross_entropy", "layer_norm", "rms_norm", "gelu", "silu", "rope", "relu",
            "dropout", "embedding", "linear", "scaled_dot_product_attention"]
 
 
@@ -83,6 +83,17 @@ def gelu(x: Tensor, approximate: str = "none") -> Tensor:
 def silu(x: Tensor) -> Tensor:
     """x * sigmoid(x) (also called swish)."""
     return _nn.Silu.apply(x)
+
+
+def rope(x: Tensor, cos, sin, pairing: str = "half") -> Tensor:
+    """Rotate pairs of x's last-axis features by the angles whose cosines and sines are cos and sin
+    (arrays broadcasting against x, e.g. (T, hs)); pairing "half" or "adjacent" (see nn.RoPE)."""
+    if pairing not in ("half", "adjacent"):
+        raise ValueError(f"rope: pairing must be 'half' or 'adjacent', got {pairing!r}")
+    if x.shape[-1] % 2 or cos.shape[-1] != x.shape[-1] or sin.shape != cos.shape:
+        raise ValueError(f"rope: x {x.shape} needs an even last axis, and cos {cos.shape} and sin {sin.shape} "
+                         "the same last axis")
+    return _nn.Rope.apply(x, cos=cos, sin=sin, pairing=pairing)
 
 
 def relu(x: Tensor) -> Tensor:

@@ -6,7 +6,8 @@ import math
 import numpy as np
 
 from .. import backend
-from ..tensor import Tensor, concatenate
+from .. import functional as F
+from ..tensor import Tensor
 
 ROPE_PAIRINGS = ("half", "adjacent")
 
@@ -90,10 +91,4 @@ class RoPE:
         if start + T > self.max_len:
             raise ValueError(f"RoPE: positions up to {start + T} exceed the table of {self.max_len}")
         cos, sin = self._get(start + T, x.dtype, x.device)
-        cos, sin = (Tensor._wrap(t[start:start + T], False) for t in (cos, sin))   # (T, hs)
-        if self.pairing == "half":
-            rotated = concatenate([-x[..., self.half:], x[..., :self.half]], axis=-1)   # rotate_half(x)
-        else:   # (x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)
-            pairs = x.reshape(*x.shape[:-1], self.half, 2)
-            rotated = concatenate([-pairs[..., 1:], pairs[..., :1]], axis=-1).reshape(*x.shape)
-        return x * cos + rotated * sin
+        return F.rope(x, cos[start:start + T], sin[start:start + T], self.pairing)   # (..., T, hs)

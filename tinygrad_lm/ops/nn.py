@@ -281,6 +281,34 @@ class Attention(Function):
         return self.impl.backward(q, k, v, out, self.lse, g, self.scale, self.causal)
 
 
+def rotate_pairs(x, pairing: str):
+    """RoPE's 90-degree turn of each rotated pair: "half" pairs feature i with i + hs/2 and gives
+    (-x2, x1); "adjacent" pairs 2i with 2i+1 and gives (-x_{2i+1}, x_{2i}). Antisymmetric: its
+    transpose is its negative, which is all the backward needs."""
+    out = xp_of(x).empty_like(x)
+    if pairing == "half":
+        h = x.shape[-1] // 2
+        out[..., :h] = -x[..., h:]
+        out[..., h:] = x[..., :h]
+    else:
+        out[..., 0::2] = -x[..., 1::2]
+        out[..., 1::2] = x[..., 0::2]
+    return out
+
+
+class Rope(Function):
+    """Rotary position embedding y = x cos + rotate(x) sin as one node (about 8 small ops otherwise:
+    slices, a negation, a concatenation, two products and a sum, per call, per layer, q and k).
+    cos and sin (T, hs) are constants. y = R x with R orthogonal, so dx = R^T g = g cos - rotate(g sin)."""
+
+    def forward(self, x, cos, sin, pairing):
+        self.cos, self.sin, self.pairing = cos, sin, pairing
+        return x * cos + rotate_pairs(x, pairing) * sin
+
+    def backward(self, g):
+        return g * self.cos - rotate_pairs(g * self.sin, self.pairing)
+
+
 class Silu(Function):
     def forward(self, x):
         xp = xp_of(x)
