@@ -101,19 +101,20 @@ def test_generate_is_reproducible_and_continues_the_prompt(work, env, run):
 
 
 def test_eval_prints_loss_and_perplexity(work, env, run):
-    res = tlm(work, env, "eval", "--ckpt", "tmp/run/ckpt.npz", "--data", "input.txt")
+    res = tlm(work, env, "eval", "--ckpt", "tmp/run", "--data", "input.txt")
     assert res.returncode == 0, res.stderr
-    m = re.fullmatch(r"loss (\S+)  perplexity (\S+)  bits/byte (\S+)  \((\S+) tokens, (\S+) bytes, split val\)\n",
-                     res.stdout)
-    assert m, res.stdout
-    loss, ppl, bpb = float(m[1]), float(m[2]), float(m[3])
-    n, n_bytes = int(m[4].replace(",", "")), int(m[5].replace(",", ""))
-    assert ppl == pytest.approx(math.exp(loss), rel=1e-3)
-    assert n_bytes == n  # the text is ASCII: one byte per character token
-    assert bpb == pytest.approx(loss / math.log(2), rel=1e-3)
+    head, row, note = res.stdout.splitlines()
+    assert head.split() == ["model", "tokens", "loss", "perplexity", "bits/byte"]
+    assert note == "(split val, 257 bytes; windows of 8 tokens every 8)"
+    res = tlm(work, env, "eval", "--ckpt", "tmp/run", "--data", "input.txt", "--json")
+    r = json.loads(res.stdout)
+    assert list(r) == ["model", "tokens", "loss", "ppl", "bpb"] and row.split()[1:] == [
+        f"{r['tokens']:,}", f"{r['loss']:.4f}", f"{r['ppl']:.3f}", f"{r['bpb']:.4f}"]
+    assert r["ppl"] == pytest.approx(math.exp(r["loss"]), rel=1e-9)
+    assert r["bpb"] == pytest.approx(r["loss"] / math.log(2), rel=1e-9)  # ASCII: one byte per character token
     vocab = len(set(TEXT))
-    assert 0 < loss < 2 * math.log(vocab)  # barely trained: near log(vocab)
-    assert n == 258 - 1  # the val split (10%) has 258 tokens: 257 targets
+    assert 0 < r["loss"] < 2 * math.log(vocab)  # barely trained: near log(vocab)
+    assert r["tokens"] == 258 - 1  # the val split (10%) has 258 tokens: 257 targets
 
 
 def test_info(work, env, run):
@@ -256,7 +257,7 @@ def main(work, run, monkeypatch, capsys):
     (TRAIN + ("--data", "input.txt", "--preset", "nope"), "nope"),
     (TRAIN + ("--data", ""), "empty"),
     (("train", "--resume", "--out", "missing_run", "--quiet"), "no checkpoint"),
-    (("generate",), "--ckpt"),
+    (("generate",), "--ckpt --model"),
     (("generate", "--ckpt", "tmp/run", "--top-k", "0"), "top_k"),
     (("generate", "--ckpt", "tmp/run", "--max-new-tokens", "-1"), "max-new-tokens"),
     (("generate", "--ckpt", "tmp/run", "--temperature", "inf"), "temperature"),
@@ -264,6 +265,10 @@ def main(work, run, monkeypatch, capsys):
     (("eval", "--ckpt", "tmp/run", "--data", "input.txt", "--batch-size", "-2"), "batch-size"),
     (("eval", "--ckpt", "tmp/run", "--data", "input.txt", "--split", "test"), "test"),
     (("eval", "--ckpt", "nowhere"), "nowhere"),
+    (("eval", "--model", "nowhere-model"), "no model 'nowhere-model'"),
+    (("eval", "--ckpt", "tmp/run", "--data", "input.txt", "--context", "9"), "block size 8"),
+    (("eval", "--ckpt", "tmp/run", "--data", "input.txt", "--context", "4", "--stride", "5"), "unscored"),
+    (("generate", "--model", "nowhere-model"), "no model"),
     (("info",), "--ckpt"),
     (("info", "--ckpt", "tmp/run", "--preset", "tiny"), "not allowed"),
     (("info", "--ckpt", "nowhere"), "nowhere"),
@@ -288,9 +293,9 @@ def test_eval_splits_and_batching_agree(main):
     for split in ("val", "train", "all"):
         for bs in ("1", "1000"):
             code, out, err = main("eval", "--ckpt", "tmp/run", "--data", "input.txt", "--split", split,
-                                  "--batch-size", bs)
+                                  "--batch-size", bs, "--json")
             assert code == 0, err
-            losses[split, bs] = float(out.split()[1])
+            losses[split, bs] = json.loads(out)["loss"]
         assert losses[split, "1"] == pytest.approx(losses[split, "1000"], rel=1e-5)
     n_train, n_val = 2322 - 1, 258 - 1
     want = (losses["train", "1"] * n_train + losses["val", "1"] * n_val + 0) / (n_train + n_val)
