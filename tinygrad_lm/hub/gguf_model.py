@@ -21,18 +21,16 @@ Files from strangers: the header is walked with ``tokenizers.gguf_file``'s bound
 every tensor's type, shape, offset and size is checked against the file's length before any tensor
 is read, so a corrupt file is one ``GGUFError`` naming the problem, never a crash or a huge
 allocation. We do not use ``gguf.GGUFReader`` to read: it trusts the header's counts (see
-gguf_file.py) and spends 1.7 s of SmolLM2's 2.7 s parsing the tokenizer arrays into NumPy objects;
-the tests check our tensor table against it. Tensors are dequantized one at a time from a memory
+gguf_file.py) and spends 1.7 s turning SmolLM2's tokenizer arrays into NumPy objects, where our
+whole read takes 1.1 s; the tests check our tensor table against it. Tensors are dequantized one at a time from a memory
 map (peak: the float32 result plus about one tensor's worth of temporaries).
 """
 from __future__ import annotations
 
 import math
 import mmap
-import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +38,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWrit
 from gguf import quants
 
 from tinygrad_lm.tokenizers.gguf_file import GGUF_MAGIC, GGUF_PRE, _Cursor
+
+from .safetensors_file import atomic_write
 
 QT = GGMLQuantizationType
 
@@ -318,9 +318,7 @@ def _expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     """The HF tensors a config implies and their (out, in) shapes (biases as the config says)."""
     C, V, F = cfg["hidden_size"], cfg["vocab_size"], cfg["intermediate_size"]
     hd, nh, nkv = cfg["head_dim"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    shapes = {"model.embed_tokens.weight": (V, C), "model.norm.weight": (C,)}
-    if not cfg["tie_word_embeddings"]:
-        shapes["lm_head.weight"] = (V, C)
+    shapes = {"model.embed_tokens.weight": (V, C)}  # in llama.cpp's order: embeddings, blocks, norm, head
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         layer = {"input_layernorm.weight": (C,), "post_attention_layernorm.weight": (C,),
@@ -335,6 +333,9 @@ def _expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
         if cfg["mlp_bias"]:
             layer.update({"mlp.gate_proj.bias": (F,), "mlp.up_proj.bias": (F,), "mlp.down_proj.bias": (C,)})
         shapes.update({p + k: v for k, v in layer.items()})
+    shapes["model.norm.weight"] = (C,)
+    if not cfg["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (V, C)
     return shapes
 
 
@@ -453,7 +454,8 @@ def _tokenizer_kv(meta: dict) -> list[tuple[str, object, GGUFValueType, GGUFValu
         if is_list and not v:
             raise ValueError(f"tokenizer_meta[{key!r}] is empty; GGUF arrays cannot be")
         first = v[0] if is_list else v
-        vtype, sub = TOKENIZER_KEY_TYPES.get(key, (VT.ARRAY, _value_type(first)) if is_list else (_value_type(first), None))
+        guess = (VT.ARRAY, _value_type(first)) if is_list else (_value_type(first), None)
+        vtype, sub = TOKENIZER_KEY_TYPES.get(key, guess)
         ok = vtype == VT.ARRAY and is_list and sub is not None and all(_fits(x, sub) for x in v) \
             or vtype != VT.ARRAY and not is_list and vtype is not None and _fits(v, vtype)
         if not ok:
@@ -561,7 +563,8 @@ def _convert(w: np.ndarray, qtype: QT, hf: str) -> np.ndarray:
     if qtype == QT.F32:
         return w
     if qtype == QT.F16:
-        h = w.astype(np.float16)
+        with np.errstate(over="ignore"):  # reported below, with the tensor's name
+            h = w.astype(np.float16)
         if not np.isfinite(h).all() and np.isfinite(w).all():
             raise ValueError(f"{hf} has values beyond float16's range (max |x| {np.abs(w).max():.4g}); write f32")
         return h
@@ -576,8 +579,8 @@ def write_gguf_model(path, hf_config: dict, tensors: dict, dtype: str = "f32",
     q8_0 tensor whose rows are not a multiple of 32 values is written F16 (llama.cpp does the same).
     q/k rows are put in llama.cpp's adjacent-pair order for the llama architecture. A tied model
     (``tie_word_embeddings``) gets no output.weight. ``tokenizer_meta``: GGUF tokenizer keys ready to
-    store (see ``bpe_tokenizer_gguf_meta``). The file appears whole or not at all (a temporary file
-    in the same folder, renamed at the end). Returns GGUF tensor name -> type written ("Q8_0", ...).
+    store (see ``bpe_tokenizer_gguf_meta``). The file appears whole or not at all
+    (``safetensors_file.atomic_write``). Returns GGUF tensor name -> type written ("Q8_0", ...).
     ValueError for an unsupported config, missing/unknown/misshapen tensors or bad tokenizer keys."""
     path = Path(path)
     if dtype not in _DTYPES:
@@ -601,27 +604,22 @@ def write_gguf_model(path, hf_config: dict, tensors: dict, dtype: str = "f32",
         block, type_size = GGML_QUANT_SIZES[qtype]
         writer.add_tensor_info(name, shape, np.float32, math.prod(shape) // block * type_size, raw_dtype=qtype)
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer.write_header_to_file(Path(tmp))
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        if rope_freqs is not None:
-            writer.write_tensor_data(rope_freqs)
-        for hf, _, qtype, _ in plan:  # one tensor converted at a time: memory stays about one tensor
-            w = np.asarray(tensors[hf], dtype=np.float32)
-            if permuted and (".q_proj." in hf or ".k_proj." in hf):
-                w = permute_qk(w, cfg["num_attention_heads"] if ".q_proj." in hf else cfg["num_key_value_heads"])
-            writer.write_tensor_data(_convert(w, qtype, hf))
-        writer.flush()
-        os.fsync(writer.fout[0].fileno())
-        writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        os.unlink(tmp)
-        raise
+    def write(tmp: Path) -> None:
+        try:
+            writer.write_header_to_file(tmp)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            if rope_freqs is not None:
+                writer.write_tensor_data(rope_freqs)
+            for hf, _, qtype, _ in plan:  # one tensor converted at a time: memory stays about one tensor
+                w = np.asarray(tensors[hf], dtype=np.float32)
+                if permuted and (".q_proj." in hf or ".k_proj." in hf):
+                    w = permute_qk(w, cfg["num_attention_heads"] if ".q_proj." in hf else cfg["num_key_value_heads"])
+                writer.write_tensor_data(_convert(w, qtype, hf))
+        finally:
+            writer.close()
+
+    atomic_write(path, write)  # a temp file next to path, renamed over it when whole; removed on error
     return {name: qtype.name for _, name, qtype, _ in plan} | ({ROPE_FREQS: "F32"} if rope_freqs is not None else {})
 
 
