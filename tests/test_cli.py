@@ -77,7 +77,7 @@ def test_train_smoke(run):
     assert all(line.startswith("compiling the CPU kernels: first run only") for line in res.stderr.splitlines())
     assert res.stdout.startswith("data: input.txt, 2,580 tokens")
     for s in ("step 0: train loss", "step 2: train loss", "step 4: train loss", "final: train loss", "(iter 4)",
-              "sample:", f"checkpoint: {Path('tmp/run/ckpt.npz')}"):
+              "sample:", f"checkpoint: {Path('tmp/run/ckpt.safetensors')}"):
         assert s in res.stdout, s
     sample = res.stdout.split("sample:\n", 1)[1].split("\ncheckpoint:")[0]
     assert len(sample) == 20 and set(sample) <= set(TEXT)

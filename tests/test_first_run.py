@@ -89,12 +89,12 @@ def test_resume_and_overwrite_together_is_an_error(main, tmp_path):
 def test_default_run_folder_is_never_reused(main, tmp_path):
     """No --out: out/, then out-2/, out-3/ (said on stdout); --resume continues the newest."""
     code, out, _ = main("train", *SMALL, "--max_iters", 1)
-    assert code == 0 and out.rstrip().endswith(f"checkpoint: {Path('out/ckpt.npz')}")
+    assert code == 0 and out.rstrip().endswith(f"checkpoint: {Path('out/ckpt.safetensors')}")
     for n in (2, 3):
         code, out, _ = main("train", *SMALL, "--max_iters", 1)
         assert code == 0
         assert out.startswith(f"out/ holds an earlier run; this one goes to out-{n}/")
-        assert out.rstrip().endswith(f"checkpoint: {Path(f'out-{n}/ckpt.npz')}")
+        assert out.rstrip().endswith(f"checkpoint: {Path(f'out-{n}/ckpt.safetensors')}")
     code, out, err = main("train", "--resume", "--max_iters", 2, "--quiet", "--sample_tokens", 0)
     assert code == 0, err
     assert f"resuming from iter 1 ({Path('out-3/ckpt.safetensors')})" in out
@@ -136,7 +136,7 @@ def test_resume_says_where_it_starts_and_eval_shows_progress(main, tmp_path):
     code, out, err = main("eval", "--ckpt", "run", "--data", "input.txt")
     assert code == 0, err
     assert "eval val" in err and "100%" in err  # a bar instead of silence
-    assert out.startswith("loss ")
+    assert out.split()[:5] == ["model", "tokens", "loss", "perplexity", "bits/byte"]
     code, out, err = main("eval", "--ckpt", "run", "--data", "input.txt", "--quiet")
     assert code == 0 and err == ""
 

@@ -100,7 +100,7 @@ def run(args) -> int:
             raise UsageError(f"--stride {stride} is longer than --context {context}: tokens would go unscored")
         compile_notice(backend.normalize_device(args.device))
         label = name if pretrained else ckpt
-        bar = None if args.quiet else tqdm(total=len(windows(len(tokens), context, stride)), desc=f"eval {label}",
+        bar = None if args.quiet else tqdm(total=len(windows(len(tokens), context, stride)), desc=f"eval {split}: {label}",
                                            unit="window", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
         total, count = perplexity(model, tokens, context, stride, args.batch_size, args.device, bar)
         if bar is not None:

@@ -9,7 +9,7 @@ from .common import load_checkpoint
 def add_parser(sub) -> None:
     i = sub.add_parser("info", help="parameter count, FLOPs per token, memory and config")
     src = i.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", metavar="PATH", help="a checkpoint folder (or its ckpt.npz)")
+    src.add_argument("--ckpt", metavar="PATH", help="a training run's folder (or its checkpoint file)")
     src.add_argument("--model", metavar="NAME|PATH", help="a pretrained model (HF folder, .gguf, model id, "
                      "smollm2-135m-instruct)")
     src.add_argument("--preset", choices=tuple(PRESETS), help="a preset's model")

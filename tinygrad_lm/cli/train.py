@@ -7,6 +7,7 @@ import itertools
 from dataclasses import fields
 from pathlib import Path
 
+from ..checkpoint import CKPT_NAME
 from ..models import GPTConfig
 from ..models.gpt import NORM_KINDS, POS_KINDS
 from ..nn.block import MLP_KINDS
@@ -178,5 +179,5 @@ def run(args) -> int:
         print("sample:")
         m.eval()  # no dropout while sampling
         stream(m, tok, prompt_ids(tok, ""), tcfg.sample_tokens, 0.8, 200, None, tcfg.seed)
-    print(f"checkpoint: {trainer.out / 'ckpt.npz'}")
+    print(f"checkpoint: {trainer.out / CKPT_NAME}")
     return 0
