@@ -207,3 +207,27 @@ def test_tokenizer_and_chat_template_saved_with_the_model(tmp_path):
         hf = AutoTokenizer.from_pretrained(tmp_path)
         assert hf.encode("hello chat, world") == tok.encode("hello chat, world")
         assert hf.eos_token == "<|im_end|>"
+
+
+def test_llama3_rope_scaling_survives_gguf_as_frequency_factors(tmp_path):
+    """GGUF stores Llama 3.1's RoPE scaling as rope_freqs.weight (per-frequency divisors): the model
+    read back from our GGUF gives transformers' logits for the HF llama3 config."""
+    ids, want = reference("llama3-tiny-rope-scaling")
+    GPT.from_pretrained(FIXTURES / "llama3-tiny-rope-scaling").save_gguf(tmp_path / "m.gguf")
+    again = GPT.from_pretrained(tmp_path / "m.gguf")
+    assert again.config.rope_scaling["rope_type"] == "freq_factors"
+    np.testing.assert_allclose(logits_of(again, ids), want, rtol=1e-5, atol=1e-5)
+    again.save_gguf(tmp_path / "m2.gguf")  # and back out again
+    np.testing.assert_allclose(logits_of(GPT.from_pretrained(tmp_path / "m2.gguf"), ids), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="save_gguf"):
+        again.save_pretrained(tmp_path / "hf")
+
+
+@pytest.mark.parametrize("dtype, tol", [("f32", 1e-5), ("f16", 2e-2), ("q8_0", 5e-2)])
+def test_save_gguf_round_trip(dtype, tol, tmp_path):
+    ids, want = reference("llama-tiny")
+    GPT.from_pretrained(FIXTURES / "llama-tiny").save_gguf(tmp_path / "m.gguf", dtype)
+    got = logits_of(GPT.from_pretrained(tmp_path / "m.gguf"), ids)
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match="save_pretrained"):
+        GPT.from_pretrained(FIXTURES / "gpt2-tiny").save_gguf(tmp_path / "g.gguf")

@@ -47,6 +47,8 @@ def rope_settings(d: dict) -> tuple[float, dict | None]:
     scaling = d.get("rope_scaling") or {k: v for k, v in params.items() if k != "rope_theta"} or None
     if scaling and scaling.get("rope_type", scaling.get("type")) == "default":
         scaling = None
+    if d.get("rope_freqs"):  # a GGUF's rope_freqs.weight (Llama 3.1 in llama.cpp's terms): the divisors themselves
+        scaling = {"rope_type": "freq_factors", "factors": [float(f) for f in d["rope_freqs"]]}
     return theta, scaling
 
 
@@ -134,7 +136,9 @@ def config_to_hf(c: GPTConfig, extra: dict | None = None) -> dict:
              "rope_theta": c.rope_theta, "tie_word_embeddings": c.tie_weights, "attention_dropout": c.dropout}
         if kind == "llama":
             d.update(attention_bias=c.bias, mlp_bias=c.bias)
-        if c.rope_scaling:
+        if c.rope_scaling and c.rope_scaling.get("rope_type") == "freq_factors":
+            d["rope_freqs"] = list(c.rope_scaling["factors"])  # GGUF can hold these; an HF config cannot
+        elif c.rope_scaling:
             d["rope_scaling"] = dict(c.rope_scaling)
     d.update({"torch_dtype": "float32", **(extra or {})})
     return d

@@ -102,6 +102,10 @@ def save_pretrained(model: GPT, folder, tokenizer=None) -> Path:
     c = model.config
     family = family_of(c)  # fails first, before anything is written, for a model HF has no class for
     ids = _special_ids(tokenizer) if tokenizer is not None and hasattr(tokenizer, "chat_info") else {}
+    hf_config = config_to_hf(c, ids)
+    if "rope_freqs" in hf_config:
+        raise ValueError("this model's RoPE scaling came from a GGUF as per-frequency factors, which an HF "
+                         "config.json cannot hold; save it with save_gguf")
     folder.mkdir(parents=True, exist_ok=True)
     ours = {k: v.astype(np.float32, copy=False) for k, v in model.state_dict().items()}
     hf = weights_to_hf("gpt2" if family == "gpt2" else "llama", ours, c)
@@ -109,7 +113,7 @@ def save_pretrained(model: GPT, folder, tokenizer=None) -> Path:
     write_safetensors(folder / SINGLE_NAME, hf, metadata={"format": "pt"})  # transformers asks for "pt"
     del hf
     (folder / INDEX_NAME).unlink(missing_ok=True)  # a stale index would win over the new single file
-    _write_json(folder / "config.json", config_to_hf(c, ids))
+    _write_json(folder / "config.json", hf_config)
     _write_json(folder / "generation_config.json", {"_from_model_config": True, **ids})
     if tokenizer is not None:
         if hasattr(tokenizer, "chat_info"):  # BPE: the files transformers' PreTrainedTokenizerFast reads

@@ -35,6 +35,11 @@ def rope_frequencies(head_dim: int, base: float = 10000.0, scaling: dict | None 
     kind = scaling.get("rope_type", scaling.get("type"))
     if kind == "default":
         return inv_freq
+    if kind == "freq_factors":  # llama.cpp's rope_freqs.weight: one divisor per frequency
+        factors = np.asarray(scaling.get("factors"), dtype=np.float64)
+        if factors.shape != inv_freq.shape or not (factors > 0).all():
+            raise ValueError(f"RoPE freq_factors: expected {inv_freq.shape[0]} positive factors, got {factors.shape}")
+        return inv_freq / factors
     if kind != "llama3":
         raise ValueError(f"RoPE scaling {kind!r} is not supported (only 'llama3'); got {scaling}")
     try:
