@@ -37,10 +37,13 @@ def _expected_names(config: GPTConfig) -> list[str]:
 
 
 def weights_from_hf(family: str, hf: dict, config: GPTConfig, where) -> dict:
-    """Our state_dict (names -> arrays) from an HF-named tensor dict. Missing tensors -> WeightsError."""
+    """Our state_dict (names -> arrays) from an HF-named tensor dict, which it empties as it goes:
+    each stacked q/k/v or gate/up copy replaces its parts, so loading never holds two copies of
+    the weights. Missing tensors -> WeightsError."""
     if family == "gpt2":
         ours = {}
-        for name, arr in hf.items():
+        for name in list(hf):
+            arr = hf.pop(name)
             if GPT2_BUFFERS.search(name):
                 continue
             name = name if name.startswith(("transformer.", "lm_head.")) else "transformer." + name
@@ -49,7 +52,7 @@ def weights_from_hf(family: str, hf: dict, config: GPTConfig, where) -> dict:
         ours = {}
         for name, hf_name in LLAMA_TOP.items():
             if hf_name in hf:
-                ours[name] = hf[hf_name]
+                ours[name] = hf.pop(hf_name)
         for i in range(config.n_layer):
             for name, hf_names in LLAMA_LAYER.items():
                 parts = [f"model.layers.{i}.{n}" for n in ([hf_names] if isinstance(hf_names, str) else hf_names)]
@@ -57,8 +60,9 @@ def weights_from_hf(family: str, hf: dict, config: GPTConfig, where) -> dict:
                 if have and len(have) < len(parts):
                     raise WeightsError(f"{where}: has {have[0]} but lacks {sorted(set(parts) - set(have))[0]}")
                 if have:
-                    ours[f"transformer.h.{i}.{name}"] = (hf[parts[0]] if len(parts) == 1
-                                                         else np.concatenate([hf[p] for p in parts], axis=0))
+                    ours[f"transformer.h.{i}.{name}"] = (hf.pop(parts[0]) if len(parts) == 1
+                                                         else np.concatenate([hf.pop(p) for p in parts], axis=0))
+        ours.update(hf)  # whatever is left is unexpected: reported below
     if config.tie_weights:
         ours.pop("lm_head.weight", None)  # tied checkpoints may still carry a copy; ours is the embedding
         if "transformer.wte.weight" in ours:

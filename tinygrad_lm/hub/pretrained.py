@@ -60,12 +60,24 @@ def load_model(name_or_path, dtype="float32", device: str = "cpu") -> GPT:
     config, state, info = read_pretrained(path)
     with skip_init():  # every parameter is overwritten below: drawing random numbers would only cost time
         model = GPT(config)
-    for p in model.parameters():  # still uninitialised: give them the dtype without casting garbage
-        p.data = np.empty(p.shape, DTYPES[str(dtype)])
-    model.load_state_dict(state)
-    del state
+    _adopt(model, state, DTYPES[str(dtype)], path)
     model.name_or_path, model.source, model.source_info = str(name_or_path), path, info
     return model.to(device).eval()
+
+
+def _adopt(model: GPT, state: dict, dtype, where) -> None:
+    """Make the loaded arrays the (uninitialised) model's parameters: an array we own already, of the
+    right dtype and layout, is used as it is rather than copied (the weights are in memory once)."""
+    own = dict(model._named_tensors())
+    for name, p in own.items():
+        if state[name].shape != p.shape:
+            raise ValueError(f"{where}: '{name}' has shape {state[name].shape} but the config asks for {p.shape}")
+    for name, p in own.items():
+        arr = state.pop(name)
+        if not (type(arr) is np.ndarray and arr.dtype == dtype and arr.flags.c_contiguous and arr.flags.owndata
+                and arr.flags.writeable):
+            arr = np.array(arr, dtype=dtype, order="C")
+        p.data = arr
 
 
 def load_pretrained_tokenizer(name_or_path):
