@@ -173,6 +173,8 @@ def build_cases(xp, cfg: dict, torch=None, vocab_big: int = GPT2_VOCAB) -> list[
     n = x.size * 4
     cases.append(OpCase("gelu", f"({N},{4 * C})", (x, "none"), (x, g, "none"), 2 * n, 3 * n,
                         torch_fwd=tt and tt.gelu(x), torch_bwd=tt and tt.gelu_bwd(x, g)))
+    cases.append(OpCase("silu", f"({N},{4 * C})", (x,), (x, g), 2 * n, 3 * n,
+                        torch_fwd=tt and tt.silu(x), torch_bwd=tt and tt.silu_bwd(x, g)))
 
     q, k, v, dout = (rand(B, nh, T, hs) for _ in range(4))
     out, lse = ref("attention").forward(q, k, v, 1 / math.sqrt(hs), True)
@@ -268,6 +270,14 @@ class _TorchView:
     def gelu_bwd(self, x, g):
         xt = self.t(x, True)
         return self._bwd(self.F.gelu(xt), (xt,), self.t(g))
+
+    def silu(self, x):
+        xt = self.t(x)
+        return lambda: self.F.silu(xt)
+
+    def silu_bwd(self, x, g):
+        xt = self.t(x, True)
+        return self._bwd(self.F.silu(xt), (xt,), self.t(g))
 
     def sdpa(self, q, k, v):
         qt, kt, vt = self.t(q), self.t(k), self.t(v)

@@ -21,11 +21,11 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() not in ("", "0"):
     pytest.skip("compile_ptx is not available under the CUDA simulator", allow_module_level=True)
 cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
 
-from tinygrad_lm.kernels.cuda import _launch, adamw, attention, cross_entropy, embedding, gelu, matmul  # noqa: E402
+from tinygrad_lm.kernels.cuda import _launch, adamw, attention, cross_entropy, embedding, gelu, matmul, silu  # noqa: E402
 from tinygrad_lm.kernels.cuda import norms, softmax  # noqa: E402
 
 CCS = [(8, 0), (9, 0)]
-FAMILIES = {"softmax": softmax, "cross_entropy": cross_entropy, "norms": norms, "gelu": gelu, "adamw": adamw,
+FAMILIES = {"softmax": softmax, "cross_entropy": cross_entropy, "norms": norms, "gelu": gelu, "silu": silu, "adamw": adamw,
             "embedding": embedding, "attention": attention, "matmul": matmul}
 HEAD_DIMS = [(64, 64), (128, 128), (48, 40)]  # GPT-2 small's 64, 128, and sizes that are not powers of 2
 F64_INSTRUCTION = re.compile(r"\b[a-z]+(?:\.[a-z0-9]+)*\.f64\b")
@@ -40,6 +40,7 @@ def _build_all():
             cross_entropy.build(dt, t.row_threads)
             norms.build(dt, t.row_threads, t.param_cols, t.param_lanes)
             gelu.build(dt)
+            silu.build(dt)
             adamw.build(dt)
             embedding.build(dt)
             matmul.build(dt, t.mm_bm, t.mm_bn, t.mm_bk, t.mm_tm, t.mm_tn)

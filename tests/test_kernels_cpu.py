@@ -247,6 +247,22 @@ def test_gelu_matches_reference(dtype, approximate, data):
     assert np.isfinite(y_f).all() and np.isfinite(dx_f).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_silu_matches_reference(dtype, data):
+    draw = data.draw
+    shape = draw(shapes(min_dims=0, max_dims=3, max_side=5))
+    mag = draw(st.sampled_from([1.0, 10.0, 1e4]))                     # large |x|: exp overflows
+    x = layout(values(draw, shape, dtype) * dtype(mag), draw(layouts))
+    g = layout(values(draw, shape, dtype), draw(layouts))
+    fast, ref = pair("silu")
+    y_f, y_r = run_both(fast.forward, ref.forward, x)
+    close(y_f, y_r, dtype, what="silu forward")
+    dx_f, dx_r = run_both(fast.backward, ref.backward, x, g)
+    close(dx_f, dx_r, dtype, amax(g), what="silu backward")
+    assert np.isfinite(y_f).all() and np.isfinite(dx_f).all()
+
+
 # ---- vector math (kernels/cpu/_math.py) -----------------------------------------------------------
 
 def _math_kernels():
@@ -605,7 +621,7 @@ def test_tiny_gpt_same_loss_and_gradients_in_both_modes(variant, monkeypatch):
         fast = run_model(tiny_gpt(**GPT_VARIANTS[variant]), idx, targets, step_grads=ref[1])
     cfg = GPTConfig(vocab_size=11, **GPT_VARIANTS[variant])
     expected = {"attention", "cross_entropy", "embedding", "adamw",
-                "rms_norm" if cfg.norm == "rmsnorm" else "layer_norm"} | ({"gelu"} if cfg.mlp != "swiglu" else set())
+                "rms_norm" if cfg.norm == "rmsnorm" else "layer_norm"} | ({"gelu"} if cfg.mlp != "swiglu" else {"silu"})
     assert expected <= used, f"fast mode did not run: {sorted(expected - used)}"
 
     tol = dict(rtol=1e-4, atol=1e-6)
@@ -673,6 +689,7 @@ def _all_kernel_outputs(rng):
     yr, rr = K.rms_norm_forward(x, w, 1e-6)
     out += [yr, *K.rms_norm_backward(g, x, rr, w)]
     out += [K.gelu_forward(x, "none"), K.gelu_backward(x, g, "tanh")]
+    out += [K.silu_forward(x), K.silu_backward(x, g)]
     o, ls = K.attention_forward(q, k, v, 0.3, True)
     out += [o, ls, *K.attention_backward(q, k, v, o, ls, rng.standard_normal(o.shape).astype(np.float32), 0.3, True)]
     p, m, vv = x.copy(), np.zeros_like(x), np.zeros_like(x)

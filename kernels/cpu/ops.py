@@ -14,6 +14,7 @@ from . import cross_entropy as _ce
 from . import embedding as _emb
 from . import gelu as _gelu
 from . import norms as _norms
+from . import silu as _silu
 from . import softmax as _softmax
 
 
@@ -87,6 +88,14 @@ def gelu_backward(x, g, approximate):
     return flat.reshape(x.shape)
 
 
+def silu_forward(x):
+    return _silu.silu_forward(np.ascontiguousarray(x).reshape(-1)).reshape(x.shape)
+
+
+def silu_backward(x, g):
+    return _silu.silu_backward(np.ascontiguousarray(x).reshape(-1), np.ascontiguousarray(g).reshape(-1)).reshape(x.shape)
+
+
 def attention_forward(q, k, v, scale, causal):
     out, lse = _attn.attention_forward(_heads4(q), _heads4(k), _heads4(v), scale, causal)
     return out.reshape(q.shape[:-1] + v.shape[-1:]), lse.reshape(q.shape[:-1])
@@ -117,6 +126,7 @@ FAST = {
     "layer_norm": Impl(layer_norm_forward, layer_norm_backward),
     "rms_norm": Impl(rms_norm_forward, rms_norm_backward),
     "gelu": Impl(gelu_forward, gelu_backward),
+    "silu": Impl(silu_forward, silu_backward),
     "attention": Impl(attention_forward, attention_backward),
     "embedding": Impl(None, embedding_backward),
     "adamw": Impl(adamw_update, None),

@@ -17,6 +17,7 @@ from . import attention as _attn
 from . import cross_entropy as _ce
 from . import embedding as _emb
 from . import gelu as _gelu
+from . import silu as _silu
 from . import matmul as _mm
 from . import norms as _norms
 from . import softmax as _softmax
@@ -163,6 +164,21 @@ def gelu_backward(x, g, approximate):
     return dx.reshape(x.shape)
 
 
+def silu_forward(x):
+    x1 = _c(x).reshape(-1)
+    y = xp_of(x).empty_like(x1)
+    _silu.forward(x1, y)
+    return y.reshape(x.shape)
+
+
+def silu_backward(x, g):
+    _same_shape("silu_backward", x, g)
+    x1 = _c(x).reshape(-1)
+    dx = xp_of(x).empty_like(x1)
+    _silu.backward(x1, _c(g, x.dtype).reshape(-1), dx)
+    return dx.reshape(x.shape)
+
+
 def _attention_fits(q, k, v):
     """Head dims the flash kernels hold in per-thread arrays, one dtype throughout."""
     return (0 < q.shape[-1] <= MAX_HEAD_DIM and 0 < v.shape[-1] <= MAX_HEAD_DIM and q.dtype == k.dtype == v.dtype
@@ -235,6 +251,7 @@ FAST = {
     "layer_norm": Impl(layer_norm_forward, layer_norm_backward),
     "rms_norm": Impl(rms_norm_forward, rms_norm_backward),
     "gelu": Impl(gelu_forward, gelu_backward),
+    "silu": Impl(silu_forward, silu_backward),
     "attention": Impl(attention_forward, attention_backward),
     "embedding": Impl(None, embedding_backward),
     "adamw": Impl(adamw_update, None),

@@ -173,6 +173,17 @@ def test_gelu_matches_reference(dtype, approximate):
     close(fast.backward(x, g, approximate), ref.backward(x, g, approximate), dtype, amax(g), what="gelu backward")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_matches_reference(dtype):
+    rng = np.random.default_rng(7)
+    x = rand(rng, (7, 11), dtype, 3.0)                  # 77 elements: 3 blocks of 32 threads
+    x[0, :4] = [0.0, -100.0, 100.0, -1e-3]              # exp(100) overflows float32: the limit, not NaN
+    g = rand(rng, x.shape, dtype)
+    fast, ref = FAST["silu"], backend.reference("silu")
+    close(fast.forward(x), ref.forward(x), dtype, amax(x), what="silu forward")
+    close(fast.backward(x, g), ref.backward(x, g), dtype, amax(g), what="silu backward")
+
+
 def test_gelu_grid_stride_covers_more_elements_than_threads(monkeypatch):
     """Capped at 2 blocks of 32 threads, each thread walks several elements."""
     monkeypatch.setattr(cuda_ops._gelu, "elementwise_grid", lambda n: (min(_launch.cdiv(n, 32), 2), 32))

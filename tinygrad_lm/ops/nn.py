@@ -309,17 +309,34 @@ class Rope(Function):
         return g * self.cos - rotate_pairs(g * self.sin, self.pairing)
 
 
+# ---- SiLU (hot: SwiGLU's gate) ----------------------------------------------------------------
+
+def _sigmoid(x):
+    xp = xp_of(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))  # without overflow
+
+
+def silu_forward(x):
+    """Reference: x * sigmoid(x)."""
+    return x * _sigmoid(x)
+
+
+def silu_backward(x, g):  # d(x s(x)) = s (1 + x (1 - s))
+    s = _sigmoid(x)
+    return g * s * (1 + x * (1 - s))
+
+
+register_reference("silu", silu_forward, silu_backward)
+
+
 class Silu(Function):
     def forward(self, x):
-        xp = xp_of(x)
-        e = xp.exp(-xp.abs(x))
-        self.s = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))  # sigmoid without overflow
-        self.x = x
-        return x * self.s
+        self.impl, self.x = implementation("silu", x), x
+        return self.impl.forward(x)
 
-    def backward(self, g):  # d(x s(x)) = s (1 + x (1 - s))
-        s = self.s
-        return g * s * (1 + self.x * (1 - s))
+    def backward(self, g):
+        return self.impl.backward(self.x, g)
 
 
 def embedding_backward(ids, g, num_embeddings):
