@@ -6,7 +6,6 @@ runs are a few iterations, and the many small validation cases run in-process vi
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys

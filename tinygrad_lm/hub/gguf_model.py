@@ -30,14 +30,13 @@ from __future__ import annotations
 import math
 import mmap
 import re
-import struct
 from pathlib import Path
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType, RopeScalingType
 from gguf import quants
 
-from tinygrad_lm.tokenizers.gguf_file import GGUF_MAGIC, GGUF_PRE, _Cursor
+from tinygrad_lm.tokenizers.gguf_file import GGUF_MAGIC, GGUF_PRE, _Cursor, walk_metadata
 
 from .safetensors_file import atomic_write
 
@@ -162,26 +161,7 @@ def read_gguf_header(path) -> tuple[dict, list[_TensorInfo], str]:
 
 
 def _walk_header(cur: _Cursor, path: Path, size: int):
-    # The key/value walk follows gguf_file.read_gguf_metadata; here the tensor table comes next.
-    cur.pos = 4
-    version = cur.scalar("I", "version")
-    if version & 0xFFFF == 0:  # written on a big-endian machine
-        cur.order, version = ">", struct.unpack(">I", struct.pack("<I", version))[0]
-    if version not in (2, 3):
-        raise GGUFError(f"{path}: GGUF version {version}; versions 2 and 3 are supported")
-    n_tensors, n_kv = cur.scalar("Q", "tensor count"), cur.scalar("Q", "key/value count")
-    cur.need(n_kv * 13, f"{n_kv} key/value pairs")  # a key's length, a type, a 1-byte value at least
-    meta, seen = {}, set()
-    for _ in range(n_kv):
-        key = cur.string("a key")
-        if key in seen:
-            raise GGUFError(f"{path}: corrupt GGUF header: key {key!r} appears twice")
-        seen.add(key)
-        vtype = cur.scalar("I", f"type of {key!r}")
-        keep = _keep_key(key)
-        value = cur.value(vtype, repr(key), keep)
-        if keep:
-            meta[key] = value
+    meta, n_tensors = walk_metadata(cur, path, _keep_key)   # the key/value pairs; the tensor table comes next
     align = meta.get("general.alignment", 32)
     if type(align) is not int or align <= 0 or align & (align - 1):
         raise GGUFError(f"{path}: corrupt GGUF header: general.alignment {align!r} is not a power of two")

@@ -113,26 +113,35 @@ def read_gguf_metadata(path, prefix: str = "") -> dict:
         if f.read(4) != GGUF_MAGIC:
             raise ValueError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            cur = _Cursor(buf, path, "<")
-            cur.pos = 4
-            version = cur.scalar("I", "version")
-            if version & 0xFFFF == 0:  # written on a big-endian machine
-                cur.order, version = ">", struct.unpack(">I", struct.pack("<I", version))[0]
-            if version not in (2, 3):
-                raise ValueError(f"{path}: GGUF version {version}; versions 2 and 3 are supported")
-            n_tensors, n_kv = cur.scalar("Q", "tensor count"), cur.scalar("Q", "key/value count")
-            cur.need(n_kv * 13, f"{n_kv} key/value pairs")  # a key's length, a type, a 1-byte value at least
+            meta, n_tensors = walk_metadata(_Cursor(buf, path, "<"), path, lambda key: key.startswith(prefix))
             if n_tensors > len(buf):  # tensor infos follow the pairs; we read none, but a wild count is corruption
                 raise ValueError(f"{path}: corrupt GGUF header: {n_tensors} tensors in a {len(buf)}-byte file")
-            meta = {}
-            for _ in range(n_kv):
-                key = cur.string("a key")
-                vtype = cur.scalar("I", f"type of {key!r}")
-                keep = key.startswith(prefix)
-                value = cur.value(vtype, repr(key), keep)
-                if keep:
-                    meta[key] = value
             return meta
+
+
+def walk_metadata(cur: _Cursor, path: Path, keep) -> tuple[dict, int]:
+    """(the key/value pairs whose key ``keep(key)`` accepts, the tensor count), reading from just
+    after the magic; the cursor is left at the tensor infos (hub/gguf_model.py reads those)."""
+    cur.pos = 4
+    version = cur.scalar("I", "version")
+    if version & 0xFFFF == 0:  # written on a big-endian machine
+        cur.order, version = ">", struct.unpack(">I", struct.pack("<I", version))[0]
+    if version not in (2, 3):
+        raise ValueError(f"{path}: GGUF version {version}; versions 2 and 3 are supported")
+    n_tensors, n_kv = cur.scalar("Q", "tensor count"), cur.scalar("Q", "key/value count")
+    cur.need(n_kv * 13, f"{n_kv} key/value pairs")  # a key's length, a type, a 1-byte value at least
+    meta, seen = {}, set()
+    for _ in range(n_kv):
+        key = cur.string("a key")
+        if key in seen:
+            raise ValueError(f"{path}: corrupt GGUF header: key {key!r} appears twice")
+        seen.add(key)
+        vtype = cur.scalar("I", f"type of {key!r}")
+        wanted = keep(key)
+        value = cur.value(vtype, repr(key), wanted)
+        if wanted:
+            meta[key] = value
+    return meta, n_tensors
 
 
 def _pattern(pre, path: Path) -> str:
