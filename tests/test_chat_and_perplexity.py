@@ -139,3 +139,14 @@ def test_smollm2_logits_equal_transformers(smollm2):
     got, _ = model(ids, all_logits=True)
     np.testing.assert_allclose(got.data, want, rtol=1e-4, atol=1e-4)
     assert (got.data.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_reset_starts_the_conversation_over(tiny_chat_model):
+    model = GPT.from_pretrained(tiny_chat_model)
+    tok = load_pretrained_tokenizer(tiny_chat_model)
+    session = ChatSession(model, tok, "Be brief.", max_new_tokens=8)
+    first = session.reply("The dog sat")
+    session.reply("on the log")
+    session.reset()
+    assert session.messages == [{"role": "system", "content": "Be brief."}] and session.cache.pos == 0
+    assert session.reply("The dog sat") == first

@@ -36,10 +36,16 @@ class ChatSession:
         if not self.stop_ids:
             raise ValueError("this tokenizer has no end-of-turn or end-of-text special token: a chat reply "
                              "would never end (use `generate` instead)")
-        self.messages = [] if system is None else [{"role": "system", "content": system}]
+        self.system = system
         self.max_new_tokens, self.temperature, self.top_k, self.top_p = max_new_tokens, temperature, top_k, top_p
         self.rng = np.random.default_rng(seed) if seed is not None else get_rng()
         self.cache = model.new_cache(1)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start the conversation over (the system message stays)."""
+        self.messages = [] if self.system is None else [{"role": "system", "content": self.system}]
+        self.cache.reset()
         self.cached: list[int] = []  # the token ids whose keys and values the cache holds
 
     def prompt_ids(self) -> list[int]:

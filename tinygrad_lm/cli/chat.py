@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import UsageError, add_model_args, compile_notice, load_source
+from .common import UsageError, add_model_args, add_sampling_args, compile_notice, load_source
 
 
 def add_parser(sub) -> None:
@@ -15,13 +15,7 @@ def add_parser(sub) -> None:
                    help="answer this one message, print only the reply, and exit")
     c.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=512, metavar="N",
                    help="longest reply, in tokens")
-    c.add_argument("--temperature", type=float, default=0.0, metavar="X", help="0: greedy (the same reply every time)")
-    c.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=None, metavar="N",
-                   help="sample among the N most likely tokens only (default: all)")
-    c.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=None, metavar="P",
-                   help="nucleus sampling (default: off)")
-    c.add_argument("--seed", type=int, default=None, metavar="N", help="seed for repeatable sampling")
-    c.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="where to run")
+    add_sampling_args(c, temperature=0.0, top_k=None)   # greedy: the same reply every time
 
 
 def run(args) -> int:
@@ -49,8 +43,7 @@ def run(args) -> int:
         if not line.strip():
             continue
         if line.strip() == "/reset":
-            session = ChatSession(model, tok, args.system, max_new_tokens=args.max_new_tokens,
-                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+            session.reset()
             continue
         _answer(session, line)
 

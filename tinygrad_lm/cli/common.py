@@ -73,6 +73,18 @@ def add_model_args(p, what: str = "run", many: bool = False) -> None:
                           + (", repeatable" if many else ""))
 
 
+def add_sampling_args(p, temperature: float, top_k: int | None) -> None:
+    """--temperature, --top-k, --top-p, --seed and --device, with a command's own defaults."""
+    p.add_argument("--temperature", type=float, default=temperature, metavar="X",
+                   help="softmax temperature; 0: greedy (always the most likely token)")
+    p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=top_k, metavar="N",
+                   help="sample among the N most likely tokens only" + ("" if top_k else " (default: all)"))
+    p.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=None, metavar="P",
+                   help="sample among the most likely tokens whose probabilities add up to P (default: off)")
+    p.add_argument("--seed", type=int, default=None, metavar="N", help="seed for a repeatable sample (default: random)")
+    p.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="where to run")
+
+
 def load_source(ckpt, model_name, device):
     """(model, tokenizer) of a checkpoint or of a pretrained model name or path."""
     if ckpt is not None:

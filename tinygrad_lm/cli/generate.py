@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from ..sampling import check_sampling_args
-from .common import UsageError, add_model_args, load_source, prompt_ids, stream
+from .common import UsageError, add_model_args, add_sampling_args, load_source, prompt_ids, stream
 
 
 def add_parser(sub) -> None:
@@ -13,14 +13,7 @@ def add_parser(sub) -> None:
     g.add_argument("--prompt", default="", help="text to continue (default: a newline)")
     g.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=500,
                    metavar="N", help="tokens to generate")
-    g.add_argument("--temperature", type=float, default=0.8, metavar="X",
-                   help="softmax temperature; 0: greedy (always the most likely token)")
-    g.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=200, metavar="N",
-                   help="sample among the N most likely tokens only")
-    g.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=None, metavar="P",
-                   help="sample among the most likely tokens whose probabilities add up to P (default: off)")
-    g.add_argument("--seed", type=int, default=None, metavar="N", help="seed for a repeatable sample (default: random)")
-    g.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="where to run")
+    add_sampling_args(g, temperature=0.8, top_k=200)
 
 
 def run(args) -> int:

@@ -28,7 +28,7 @@ def run(args) -> int:
         from ..hub import resolve
         from ..hub.pretrained import read_pretrained
         path = resolve(args.model)
-        cfg, _, meta = read_pretrained(path)
+        cfg, _, meta = read_pretrained(path, weights=False)
         fmt = meta.get("file_type_name") or meta.get("format") or ""
         source = f"{path} ({meta['family']} family{', ' + str(fmt) if fmt else ''})"
     else:
@@ -36,8 +36,8 @@ def run(args) -> int:
         cfg = GPTConfig(**{"vocab_size": 257, **p["model"], **({"vocab_size": args.vocab_size} if args.vocab_size else {})})
         batch = p["train"]["batch_size"]
         source = f"preset {args.preset}: {p['about']}"
-    from ..tensor import no_grad
-    with no_grad():
+    from ..nn.layers import skip_init
+    with skip_init():  # only sizes are asked: no random weights to draw (135M of them for SmolLM2)
         model = GPT(cfg)
     n_all, n = model.num_parameters(), model.num_params()
     C, L, T, H = cfg.n_embd, cfg.n_layer, cfg.block_size, cfg.n_head

@@ -28,7 +28,6 @@ map (peak: the float32 result plus about one tensor's worth of temporaries).
 from __future__ import annotations
 
 import math
-import mmap
 import re
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType, RopeScalingType
 from gguf import quants
 
-from tinygrad_lm.tokenizers.gguf_file import GGUF_MAGIC, GGUF_PRE, _Cursor, walk_metadata
+from tinygrad_lm.tokenizers.gguf_file import GGUF_PRE, _Cursor, mapped_gguf, walk_metadata
 
 from .safetensors_file import atomic_write
 
@@ -146,18 +145,13 @@ def read_gguf_header(path) -> tuple[dict, list[_TensorInfo], str]:
     offset checked against the file's length. Metadata holds the model keys (``general.*``,
     ``{arch}.*``) and the tokenizer's token ids, not its vocabulary. GGUFError for any problem."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"GGUF file not found: {path}")
-    with open(path, "rb") as f:
-        if f.read(4) != GGUF_MAGIC:
-            raise GGUFError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            try:
-                return _walk_header(_Cursor(buf, path, "<"), path, len(buf))
-            except GGUFError:
-                raise
-            except ValueError as e:  # the cursor's "truncated", "unknown type", "not UTF-8" ...
-                raise GGUFError(str(e)) from None
+    try:
+        with mapped_gguf(path) as cur:
+            return _walk_header(cur, path, len(cur.buf))
+    except GGUFError:
+        raise
+    except ValueError as e:  # not GGUF; the cursor's "truncated", "unknown type", "not UTF-8" ...
+        raise GGUFError(str(e)) from None
 
 
 def _walk_header(cur: _Cursor, path: Path, size: int):
@@ -319,7 +313,7 @@ def _expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def read_gguf_model(path) -> tuple[dict, dict[str, np.ndarray], dict]:
+def read_gguf_model(path, weights: bool = True) -> tuple[dict, dict[str, np.ndarray], dict]:
     """A Llama or Qwen2 GGUF file as ``(hf_config, tensors, info)``.
 
     ``hf_config``: the config.json dict HF would write (architectures, model_type, sizes, rope_theta,
@@ -331,6 +325,7 @@ def read_gguf_model(path) -> tuple[dict, dict[str, np.ndarray], dict]:
     ``info``: ``architecture``, ``name`` (general.name), ``file_type`` (general.file_type and its
     name), ``tensor_types`` (HF name -> GGUF type name, e.g. "Q4_1").
 
+    weights=False: the header, config and info only (``tensors`` is empty), checked the same way.
     FileNotFoundError if missing; GGUFError (a ValueError) naming the file and the problem for a
     corrupt or truncated file, another architecture, a tensor type gguf.quants cannot decode, or
     tensors that disagree with the config."""
@@ -369,7 +364,7 @@ def read_gguf_model(path) -> tuple[dict, dict[str, np.ndarray], dict]:
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     try:
         tensors = {}
-        for t in table:
+        for t in table if weights else [by_name[n] for n in (ROPE_FREQS,) if n in by_name]:
             w = _load(mm, t, order)
             if t.name == ROPE_FREQS:
                 cfg["rope_freqs"] = [float(x) for x in w]

@@ -29,11 +29,14 @@ def _read_config(folder: Path) -> dict:
     return d
 
 
-def read_pretrained(path: Path) -> tuple[GPTConfig, dict, dict]:
-    """(GPTConfig, our state_dict, info) of an HF folder or a .gguf file, on the host in float32."""
+def read_pretrained(path: Path, weights: bool = True) -> tuple[GPTConfig, dict, dict]:
+    """(GPTConfig, our state_dict, info) of an HF folder or a .gguf file, on the host in float32;
+    weights=False reads the config only (the state_dict is empty)."""
     if path.suffix == ".gguf":
         from .gguf_model import read_gguf_model
-        hf_config, tensors, info = read_gguf_model(path)
+        hf_config, tensors, info = read_gguf_model(path, weights)
+    elif not weights:
+        hf_config, tensors, info = _read_config(path), {}, {"format": "safetensors"}
     else:
         hf_config = _read_config(path)
         if (path / INDEX_NAME).is_file() or (path / SINGLE_NAME).is_file():
@@ -47,7 +50,7 @@ def read_pretrained(path: Path) -> tuple[GPTConfig, dict, dict]:
         info = {"format": "safetensors", "dtypes": sorted({str(a.dtype) for a in tensors.values()})}
     config = config_from_hf(hf_config, path)
     family = "gpt2" if model_type(hf_config, path) == "gpt2" else "llama"
-    state = weights_from_hf(family, tensors, config, path)
+    state = weights_from_hf(family, tensors, config, path) if weights else {}
     info.update(hf_config=hf_config, family=family)
     return config, state, info
 
@@ -147,16 +150,16 @@ def save_gguf(model: GPT, path, dtype: str = "f32", tokenizer=None) -> Path:
     if family == "gpt2":
         raise ValueError("save_gguf writes Llama-family models (rope + rmsnorm + swiglu); save a GPT-2 model "
                          "with save_pretrained")
-    meta = None
+    meta, ids = None, {}
     if tokenizer is not None:
         if not hasattr(tokenizer, "chat_info"):
             raise ValueError(f"a GGUF file holds a byte-level BPE tokenizer; got a {type(tokenizer).__name__}")
+        ids = _special_ids(tokenizer)
         meta = bpe_tokenizer_gguf_meta(tokenizer, chat_template=tokenizer.chat_template,
-                                       bos=_special_ids(tokenizer).get("bos_token_id"),
-                                       eos=_special_ids(tokenizer).get("eos_token_id"))
+                                       bos=ids.get("bos_token_id"), eos=ids.get("eos_token_id"))
     ours = {k: v.astype(np.float32, copy=False) for k, v in model.state_dict().items()}
     hf = weights_to_hf("llama", ours, c)
     del ours
-    hf_config = config_to_hf(c, _special_ids(tokenizer) if meta is not None else None)
+    hf_config = config_to_hf(c, ids)
     write_gguf_model(Path(path), hf_config, hf, dtype=dtype, tokenizer_meta=meta)
     return Path(path)

@@ -79,8 +79,9 @@ class RoPE:
 
     def _get(self, n: int, dtype, device):
         key = (np.dtype(dtype), device)
-        if key not in self._tables or len(self._tables[key][0]) < n:
-            n = min(self.max_len, max(n, 2 * len(self._tables.get(key, ((),))[0]), 256))
+        have = len(self._tables[key][0]) if key in self._tables else 0
+        if have < n:
+            n = min(self.max_len, max(n, 2 * have, 256))
             angles = np.arange(n)[:, None] * self.inv_freq[None, :]              # (n, hs/2)
             cos, sin = np.cos(angles), np.sin(angles)
             if self.pairing == "half":   # feature j uses angle j mod hs/2

@@ -14,6 +14,7 @@ tests check it against GGUFReader on the real file.
 """
 from __future__ import annotations
 
+import contextlib
 import mmap
 import struct
 from pathlib import Path
@@ -102,10 +103,10 @@ class _Cursor:
         return [self.value(etype, what, True, depth + 1) for _ in range(count)]
 
 
-def read_gguf_metadata(path, prefix: str = "") -> dict:
-    """The header key/value pairs of a GGUF file whose keys start with ``prefix`` (strings, numbers,
-    lists). FileNotFoundError if missing; ValueError naming the file if it is not GGUF or its header
-    is corrupt or truncated. Memory use is bounded by the kept values, never by a header's counts."""
+@contextlib.contextmanager
+def mapped_gguf(path):
+    """A cursor over a GGUF file mapped read-only, checked to start with the magic bytes.
+    FileNotFoundError if missing; ValueError naming the file if it is not GGUF."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {path}")
@@ -113,10 +114,18 @@ def read_gguf_metadata(path, prefix: str = "") -> dict:
         if f.read(4) != GGUF_MAGIC:
             raise ValueError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            meta, n_tensors = walk_metadata(_Cursor(buf, path, "<"), path, lambda key: key.startswith(prefix))
-            if n_tensors > len(buf):  # tensor infos follow the pairs; we read none, but a wild count is corruption
-                raise ValueError(f"{path}: corrupt GGUF header: {n_tensors} tensors in a {len(buf)}-byte file")
-            return meta
+            yield _Cursor(buf, path, "<")
+
+
+def read_gguf_metadata(path, prefix: str = "") -> dict:
+    """The header key/value pairs of a GGUF file whose keys start with ``prefix`` (strings, numbers,
+    lists). FileNotFoundError if missing; ValueError naming the file if it is not GGUF or its header
+    is corrupt or truncated. Memory use is bounded by the kept values, never by a header's counts."""
+    with mapped_gguf(path) as cur:
+        meta, n_tensors = walk_metadata(cur, cur.path, lambda key: key.startswith(prefix))
+        if n_tensors > len(cur.buf):  # tensor infos follow the pairs; we read none, but a wild count is corruption
+            raise ValueError(f"{cur.path}: corrupt GGUF header: {n_tensors} tensors in a {len(cur.buf)}-byte file")
+        return meta
 
 
 def walk_metadata(cur: _Cursor, path: Path, keep) -> tuple[dict, int]:
