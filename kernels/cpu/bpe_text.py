@@ -221,6 +221,15 @@ def _rehash_entries(e_hash, n_entries, cbits):
 
 
 @_jit
+def _double_entries(e_hash, e_text, e_len, n_entries, cbits):
+    """The chunk table grown to 2**(cbits + 1) slots, rehashed, with room for as many entries:
+    (cbits, table, e_hash, e_text, e_len); a caller grows its own per-entry arrays to 2**(cbits - 1)."""
+    cbits += 1
+    cap = 1 << (cbits - 1)
+    return cbits, _rehash_entries(e_hash, n_entries, cbits), _grow(e_hash, cap), _grow(e_text, cap), _grow(e_len, cap)
+
+
+@_jit
 def _find_chunk(cps, i, j, table, e_hash, e_text, e_len, cbits):
     """Look the chunk cps[i:j] up in a call's chunk table (open addressing, keyed by a hash of its
     code points). Returns (its key, the slot where it is or would go, its entry or -1)."""
@@ -302,11 +311,7 @@ def encode_text(cps, ends, cls, pattern, byte_ids, keys, ranks, bits, merged):
                 e_hash[e], e_text[e], e_len[e], e_out[e], e_n[e] = key, i, n, pos, m
                 n_entries += 1
                 if 2 * n_entries >= table.size:           # keep the table at most half full
-                    cbits += 1
-                    table = _rehash_entries(e_hash, n_entries, cbits)
-                    e_hash = _grow(e_hash, 1 << (cbits - 1))
-                    e_text = _grow(e_text, 1 << (cbits - 1))
-                    e_len = _grow(e_len, 1 << (cbits - 1))
+                    cbits, table, e_hash, e_text, e_len = _double_entries(e_hash, e_text, e_len, n_entries, cbits)
                     e_out = _grow(e_out, 1 << (cbits - 1))
                     e_n = _grow(e_n, 1 << (cbits - 1))
             pos += m
@@ -341,11 +346,7 @@ def count_chunks(cps, cls, pattern):
             e_hash[e], e_text[e], e_len[e], e_count[e] = key, i, n, 1
             n_entries += 1
             if 2 * n_entries >= table.size:               # keep the table at most half full
-                cbits += 1
-                table = _rehash_entries(e_hash, n_entries, cbits)
-                e_hash = _grow(e_hash, 1 << (cbits - 1))
-                e_text = _grow(e_text, 1 << (cbits - 1))
-                e_len = _grow(e_len, 1 << (cbits - 1))
+                cbits, table, e_hash, e_text, e_len = _double_entries(e_hash, e_text, e_len, n_entries, cbits)
                 e_count = _grow(e_count, 1 << (cbits - 1))
         i = j
     return e_text[:n_entries].copy(), e_len[:n_entries].copy(), e_count[:n_entries].copy()
