@@ -57,7 +57,8 @@ class ChatSession:
         """Add a user message and yield the assistant's reply in pieces (whole UTF-8 characters)."""
         self.messages.append({"role": "user", "content": text})
         ids = self.prompt_ids()
-        limit = self.model.config.block_size
+        virtual = self.model.num_virtual_tokens            # a soft prompt's positions come first
+        limit = self.model.config.block_size - virtual
         if len(ids) + 1 > limit:
             self.messages.pop()
             raise ValueError(f"the conversation is {len(ids):,} tokens, beyond the model's context of {limit:,}: "
@@ -68,7 +69,7 @@ class ChatSession:
                 break
             same += 1
         same = min(same, len(ids) - 1)      # at least one token goes in: its logits choose the first reply token
-        self.cache.pos, self.cached = same, ids[:same]
+        self.cache.pos, self.cached = (virtual + same if same else 0), ids[:same]
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         reply: list[int] = []
         feed = ids[same:]

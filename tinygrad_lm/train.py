@@ -45,6 +45,7 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 1337
     batch_size: int = 12
+    seq_len: int | None = None         # tokens per training sequence; None: the model's block_size
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3
     max_iters: int = 2000
@@ -81,6 +82,9 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1):
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.seq_len is not None and (not isinstance(self.seq_len, int) or isinstance(self.seq_len, bool)
+                                         or self.seq_len <= 0):
+            raise ValueError(f"seq_len must be a positive integer or None, got {self.seq_len!r}")
         if self.tokenizer not in ("char", "byte", "bpe"):
             raise ValueError(f"tokenizer must be 'char', 'byte' or 'bpe', got {self.tokenizer!r}")
         v = self.bpe_vocab_size
@@ -102,9 +106,14 @@ class Trainer:
     evaluation it returned."""
 
     def __init__(self, tcfg: TrainConfig, mcfg: dict | None = None, resume: bool = False, log=print, *,
-                 overwrite: bool = False):
+                 overwrite: bool = False, model=None, tokenizer=None, meta: dict | None = None):
+        """model + tokenizer: train this model (a pretrained one, a PeftModel) instead of building one
+        from mcfg; its frozen parameters are neither optimized nor saved. meta: JSON-able facts saved
+        in every checkpoint (e.g. how fine-tuning built the model, for resuming)."""
         from .data import load_dataset
-        self.cfg, self.log = tcfg, log
+        if (model is None) != (tokenizer is None):
+            raise ValueError("Trainer: pass model and tokenizer together (the data is tokenized with the model's)")
+        self.cfg, self.log, self.extra_meta = tcfg, log, dict(meta or {})
         self.out = Path(tcfg.out_dir)
         self.ckpt = None
         self.interrupted, self.last_eval_iter = False, None
@@ -128,16 +137,26 @@ class Trainer:
             for k in ("data", "tokenizer", "seed", "batch_size", "gradient_accumulation_steps"):
                 setattr(tcfg, k, saved[k])
             from .tokenizers import tokenizer_from_dict
-            self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tokenizer_from_dict(meta["tokenizer"]))
+            tokenizer = tokenizer or tokenizer_from_dict(meta["tokenizer"])
+            self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tokenizer)
             self.model_config = GPTConfig.from_dict(meta["model_config"])
+        elif tokenizer is not None:
+            self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tokenizer)
         else:
             self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tcfg.tokenizer,
                                                      bpe_vocab_size=tcfg.bpe_vocab_size, progress=tcfg.progress)
             self.model_config = GPTConfig(**{**(mcfg or {}), "vocab_size": self.tokenizer.vocab_size})
+        if model is not None:
+            self.model_config = model.config
         self._data_path = str(Path(tcfg.data).resolve()) if tcfg.data is not None else None
-        self.data.check_block_size(self.model_config.block_size)
+        # the window a batch row holds; a soft prompt's virtual tokens take positions of the context too
+        room = self.model_config.block_size - (model.num_virtual_tokens if model is not None else 0)
+        self.seq_len = tcfg.seq_len or room
+        if self.seq_len > room:
+            raise ValueError(f"seq_len {self.seq_len} does not fit the model's context of {room} positions")
+        self.data.check_block_size(self.seq_len)
         manual_seed(tcfg.seed)
-        self.model = GPT(self.model_config).to(tcfg.device)
+        self.model = GPT(self.model_config).to(tcfg.device) if model is None else model.to(tcfg.device)
         self.optimizer = self.model.configure_optimizers(tcfg.weight_decay, tcfg.learning_rate,
                                                          (tcfg.beta1, tcfg.beta2))
         self.batch_rng = np.random.default_rng(tcfg.seed)
@@ -149,7 +168,14 @@ class Trainer:
     def _restore(self, ckpt):
         meta = ckpt["meta"]
         try:
-            self.model.load_state_dict(ckpt["model"])
+            if meta.get("trainable_only"):  # the frozen rest came from the base model, as it did before
+                trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+                if set(ckpt["model"]) != trainable:
+                    raise KeyError(f"it holds {sorted(set(ckpt['model']) ^ trainable)[:3]} where the model's "
+                                   "trainable parameters differ")
+                self.model.load_state_dict(ckpt["model"], strict=False)
+            else:
+                self.model.load_state_dict(ckpt["model"])
             if ckpt["optimizer"] is not None:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
         except (KeyError, ValueError) as e:
@@ -162,16 +188,22 @@ class Trainer:
         config = asdict(self.cfg)
         if config["data"] is not None:  # absolute, so --resume works from any folder
             config["data"] = self._data_path
-        meta = {"model_config": self.model_config.to_dict(), "train_config": config,
+        meta = {**self.extra_meta, "model_config": self.model_config.to_dict(), "train_config": config,
                 "tokenizer": self.tokenizer.to_dict(), "step": self.step, "best_val_loss": self.best_val,
                 "batch_rng": self.batch_rng.bit_generator.state, "global_rng": get_rng_state()}
-        path = save_checkpoint(self.out, self.model.state_dict(), meta, self.optimizer.state_dict())
+        frozen = any(not p.requires_grad for p in self.model.parameters())
+        if frozen:  # fine-tuning: the base is not saved again at every evaluation
+            meta["trainable_only"] = True
+            state = {n: backend.to_numpy(p.data).copy() for n, p in self.model.named_parameters() if p.requires_grad}
+        else:
+            state = self.model.state_dict()
+        path = save_checkpoint(self.out, state, meta, self.optimizer.state_dict())
         (self.out / LEGACY_CKPT_NAME).unlink(missing_ok=True)  # a resumed old run: one folder, one checkpoint
         return path
 
     # ---- pieces of a step -----------------------------------------------------------------
     def _batch(self, split, rng):
-        x, y = self.data.get_batch(split, self.cfg.batch_size, self.model_config.block_size, rng)
+        x, y = self.data.get_batch(split, self.cfg.batch_size, self.seq_len, rng)
         return backend.to_device(x, self.cfg.device), backend.to_device(y, self.cfg.device)
 
     def lr_at(self, it: int) -> float:
@@ -244,7 +276,7 @@ class Trainer:
                 with bar.external_write_mode():
                     self.log(msg)
 
-        tokens_per_iter = c.batch_size * c.gradient_accumulation_steps * self.model_config.block_size
+        tokens_per_iter = c.batch_size * c.gradient_accumulation_steps * self.seq_len
         last_eval = {}
         resumed_at = self.step if self.ckpt is not None else None
         if resumed_at is not None:

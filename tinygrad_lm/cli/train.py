@@ -41,6 +41,7 @@ FIELD_HELP = {
     "rope_theta": "RoPE base (with --pos rope)",
     "rope_pairing": "which features RoPE rotates together: half (HF rotate_half) or adjacent (llama.cpp)",
     "batch_size": "sequences per micro-batch",
+    "seq_len": "tokens per training sequence (default: block_size)",
     "gradient_accumulation_steps": "micro-batches per optimizer step",
     "learning_rate": "peak learning rate",
     "max_iters": "optimizer steps to train for",

@@ -79,28 +79,33 @@ def weights_from_hf(family: str, hf: dict, config: GPTConfig, where) -> dict:
     return ours
 
 
+def hf_parts(family: str, name: str, config: GPTConfig, rows: int) -> list[tuple[str, int, int]]:
+    """Where our tensor ``name`` (with ``rows`` rows) goes in an HF checkpoint: [(HF name, first row,
+    end row)]. One part, except a Llama-family stacked tensor (c_attn -> q, k, v; c_fc -> gate, up).
+    Also names the HF modules of a LoRA on one of our Linear layers (tinygrad_lm.peft)."""
+    if family == "gpt2":
+        return [(name, 0, rows)]
+    if name in LLAMA_TOP:
+        return [(LLAMA_TOP[name], 0, rows)]
+    m = re.fullmatch(r"transformer\.h\.(\d+)\.(.+)", name)
+    if m is None or m[2] not in LLAMA_LAYER:
+        raise WeightsError(f"{name}: no Hugging Face {family} name for it")
+    hf_names = LLAMA_LAYER[m[2]]
+    if isinstance(hf_names, str):
+        return [(f"model.layers.{m[1]}.{hf_names}", 0, rows)]
+    q, kv = config.n_head * config.hs, config.n_kv_head * config.hs
+    cuts = [0, q, q + kv, rows] if m[2].startswith("attn.") else [0, rows // 2, rows]
+    return [(f"model.layers.{m[1]}.{n}", lo, hi) for n, lo, hi in zip(hf_names, cuts, cuts[1:])]
+
+
 def weights_to_hf(family: str, ours: dict, config: GPTConfig) -> dict:
     """HF-named tensors (contiguous) from our state_dict; a tied lm_head is left out, as HF saves it."""
     hf = {}
-    if family == "gpt2":
-        for name, arr in ours.items():
-            if name == "lm_head.weight" and config.tie_weights:
-                continue
-            hf[name] = np.ascontiguousarray(arr.T if name.endswith(GPT2_CONV1D) else arr)
-        return hf
-    for name, hf_name in LLAMA_TOP.items():
-        if name in ours and not (name == "lm_head.weight" and config.tie_weights):
-            hf[hf_name] = np.ascontiguousarray(ours[name])
-    q, kv = config.n_head * config.hs, config.n_kv_head * config.hs
-    for i in range(config.n_layer):
-        for name, hf_names in LLAMA_LAYER.items():
-            arr = ours.get(f"transformer.h.{i}.{name}")
-            if arr is None:
-                continue
-            if isinstance(hf_names, str):
-                hf[f"model.layers.{i}.{hf_names}"] = np.ascontiguousarray(arr)
-                continue
-            cuts = [q, q + kv] if name.startswith("attn.") else [arr.shape[0] // 2]
-            for hf_name, part in zip(hf_names, np.split(arr, cuts, axis=0)):
-                hf[f"model.layers.{i}.{hf_name}"] = np.ascontiguousarray(part)
+    for name, arr in ours.items():
+        if name == "lm_head.weight" and config.tie_weights:
+            continue
+        if family == "gpt2" and name.endswith(GPT2_CONV1D):
+            arr = arr.T
+        for hf_name, lo, hi in hf_parts(family, name, config, arr.shape[0]):
+            hf[hf_name] = np.ascontiguousarray(arr[lo:hi] if (lo, hi) != (0, arr.shape[0]) else arr)
     return hf

@@ -18,7 +18,7 @@ from ..nn.block import MLP_KINDS, make_norm
 from ..nn.layers import init_skipped, skip_init
 from ..nn.positional import ROPE_PAIRINGS, rope_frequencies
 from ..sampling import check_sampling_args, sample
-from ..tensor import Tensor, get_rng, no_grad
+from ..tensor import Tensor, concatenate, get_rng, no_grad
 
 POS_KINDS = ("learned", "rope", "sinusoidal")
 NORM_KINDS = ("layernorm", "rmsnorm")
@@ -115,6 +115,7 @@ class GPT(Module):
         if c.tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
         self._sinusoid = sinusoidal_table(c.block_size, c.n_embd) if c.pos == "sinusoidal" else None
+        self.soft_prompt = None  # prompt tuning (tinygrad_lm.peft) sets a module of virtual token embeddings
         if not init_skipped():
             self._init_weights()
 
@@ -154,6 +155,11 @@ class GPT(Module):
         return save_gguf(self, path, dtype, tokenizer)
 
     # ---- sizes --------------------------------------------------------------------------
+    @property
+    def num_virtual_tokens(self) -> int:
+        """Soft-prompt tokens put before every sequence (0 without prompt tuning)."""
+        return 0 if self.soft_prompt is None else self.soft_prompt.num_virtual_tokens
+
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; like nanoGPT, position embeddings are left out by default."""
         n = self.num_parameters()
@@ -180,20 +186,28 @@ class GPT(Module):
             raise ValueError(f"GPT: idx must be a (B, T) integer array, got shape {ids.shape} dtype {ids.dtype}")
         B, T = ids.shape
         start = cache.pos if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"GPT: sequence of length {start + T} is longer than block_size {self.config.block_size}")
+        # soft prompt: P virtual tokens go before the first real one (positions 0..P-1); a cache
+        # past position 0 already holds them. Their outputs are dropped before the head.
+        P = self.num_virtual_tokens if start == 0 else 0
+        if start + P + T > self.config.block_size:
+            raise ValueError(f"GPT: sequence of length {start + P + T} is longer than block_size "
+                             f"{self.config.block_size}" + (f" ({P} of them virtual tokens)" if P else ""))
         tr = self.transformer
         x = tr.wte(ids)                                                    # (B, T, C)
+        if P:
+            x = concatenate([self.soft_prompt(B), x], axis=1)             # (B, P + T, C)
         if self.config.pos == "learned":
-            x = x + tr.wpe(np.arange(start, start + T))                    # (T, C) broadcast
+            x = x + tr.wpe(np.arange(start, start + P + T))                # (P + T, C) broadcast
         elif self._sinusoid is not None:
-            table = backend.to_device(self._sinusoid[start:start + T].astype(x.dtype), x.device)
+            table = backend.to_device(self._sinusoid[start:start + P + T].astype(x.dtype), x.device)
             x = x + Tensor._wrap(table, False)
         x = tr.drop(x)
         for i, block in enumerate(tr.h):
             x = block(x, start=start, cache=cache, layer=i)
         if cache is not None:
-            cache.advance(T)
+            cache.advance(P + T)
+        if P:
+            x = x[:, P:]                                                   # (B, T, C): real tokens only
         x = tr.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)                                       # (B, T, V)
@@ -204,9 +218,10 @@ class GPT(Module):
 
     # ---- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas=(0.9, 0.95), eps: float = 1e-8):
-        """AdamW that decays matrices (ndim >= 2: weights, embeddings) but not biases or norm scales."""
+        """AdamW that decays matrices (ndim >= 2: weights, embeddings) but not biases or norm scales.
+        Frozen parameters (requires_grad False) are left out."""
         from ..optim import AdamW
-        params = self.parameters()
+        params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -237,7 +252,7 @@ class GPT(Module):
             raise ValueError(f"generate: idx must be (B, T) with T >= 1, got shape {seq.shape}")
         stops = np.asarray([] if stop is None else np.atleast_1d(stop), dtype=np.int64)
         rng = np.random.default_rng(seed) if seed is not None else get_rng()
-        block = self.config.block_size
+        block = self.config.block_size - self.num_virtual_tokens   # a soft prompt takes its positions
         keep = max(1, block - block // 4)
         win = max(0, seq.shape[1] - block)                 # the window is seq[:, win:]
         cache = None

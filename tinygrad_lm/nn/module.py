@@ -74,8 +74,9 @@ class Module:
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
 
-    def num_parameters(self) -> int:
-        return sum(p.size for p in self.parameters())
+    def num_parameters(self, trainable: bool = False) -> int:
+        """Number of parameter values; trainable=True counts only those with requires_grad."""
+        return sum(p.size for p in self.parameters() if p.requires_grad or not trainable)
 
     # ---- modes and gradients ---------------------------------------------------------------
     def train(self, mode: bool = True):

@@ -365,7 +365,9 @@ class Linear(Function):
     tiny GPT's shapes)."""
 
     def forward(self, x, w, *b):
-        self.x, self.w, self.has_bias = x, w, bool(b)
+        # a frozen weight (LoRA's base, a quantized base) needs no weight gradient, so x is not kept
+        self.x = x if self.needs_input_grad[1] else None
+        self.x_shape, self.w, self.has_bias = x.shape, w, bool(b)
         y = x.reshape(-1, x.shape[-1]) @ w.T                          # (N, out)
         if b:
             y += b[0]
@@ -375,8 +377,8 @@ class Linear(Function):
         x, w = self.x, self.w
         nx, nw = self.needs_input_grad[:2]
         g2 = g.reshape(-1, g.shape[-1])                               # (N, out)
-        gx = (g2 @ w).reshape(x.shape) if nx else None                # (..., in)
+        gx = (g2 @ w).reshape(self.x_shape) if nx else None           # (..., in)
         gw = g2.T @ x.reshape(-1, x.shape[-1]) if nw else None         # (out, in)
         if self.has_bias:
-            return gx, gw, g2.sum(axis=0)
+            return gx, gw, (g2.sum(axis=0) if self.needs_input_grad[2] else None)
         return gx, gw
