@@ -12,6 +12,7 @@ import tinygrad_lm as tg
 import tinygrad_lm.functional as F
 from strategies import T
 from tinygrad_lm import Tensor, concatenate, enable_grad, gradcheck, is_grad_enabled, no_grad, split, stack, where
+from tinygrad_lm.ops.quant import quant_linear, quantize
 
 rng = np.random.default_rng(0)
 
@@ -383,6 +384,7 @@ M = R32.standard_normal((4, 5)).astype(np.float32)
 MASK = R32.random((3, 4)) > 0.5
 IDS = np.array([[0, 2, 2], [1, 0, 2]])
 TGT = np.array([0, 3, -100])
+QW8, QW4 = quantize(W, "int8"), quantize(W, "nf4", block_size=2)
 
 OPS32 = {
     "add": lambda x, p: x + p, "add_scalar": lambda x, p: x + 2.5, "radd_int": lambda x, p: 3 + x,
@@ -415,6 +417,7 @@ OPS32 = {
     "F.relu": lambda x, p: F.relu(x), "dropout": lambda x, p: F.dropout(x, 0.5),
     "embedding": lambda x, p: F.embedding(IDS, x), "linear": lambda x, p: F.linear(x, _f32(W), _f32(B)),
     "linear_nobias": lambda x, p: F.linear(x, _f32(W)),
+    "quant_linear_int8": lambda x, p: quant_linear(x, QW8, _f32(B)), "quant_linear_nf4": lambda x, p: quant_linear(x, QW4),
     "sdpa_causal": lambda x, p: F.scaled_dot_product_attention(x, p, x, causal=True),
     "sdpa_bool": lambda x, p: F.scaled_dot_product_attention(x, p, p, mask=np.tril(np.ones((3, 3), bool))),
     "sdpa_float_mask": lambda x, p: F.scaled_dot_product_attention(x, p, p, mask=np.zeros((3, 3))),  # float64 mask

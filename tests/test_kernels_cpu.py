@@ -23,6 +23,7 @@ from hypothesis.extra import numpy as hnp
 import tinygrad_lm as tg
 import tinygrad_lm.optim  # noqa: F401  (registers the "adamw" reference)
 from strategies import arrays, shapes
+import test_quant
 from tinygrad_lm import backend
 from tinygrad_lm.backend import Impl
 from tinygrad_lm.gradcheck import gradcheck
@@ -35,6 +36,8 @@ DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 ATOL = {np.float32: 1e-6, np.float64: 1e-12}
 LAYOUTS = ("contiguous", "transposed", "reversed", "strided")
+# quant_linear's equality test lives with its op (tests/test_quant.py); listed here it runs here too
+test_quant_linear_matches_reference = test_quant.test_quant_linear_matches_reference
 
 
 def pair(op):

@@ -15,11 +15,12 @@ import test_ops_elementwise
 import test_ops_matmul
 import test_ops_movement
 import test_ops_reduce
+import test_quant
 import tinygrad_lm
 import tinygrad_lm.functional as F
 from tinygrad_lm import Function
 
-MODULES = [test_ops_elementwise, test_ops_reduce, test_ops_movement, test_ops_matmul, test_functional]
+MODULES = [test_ops_elementwise, test_ops_reduce, test_ops_movement, test_ops_matmul, test_functional, test_quant]
 OPTIONAL_DEPS = {"cupy", "cupyx", "torch", "matplotlib"}  # extras a module may need; absent here is fine
 
 

@@ -14,6 +14,7 @@ from . import cross_entropy as _ce
 from . import embedding as _emb
 from . import gelu as _gelu
 from . import norms as _norms
+from . import quant as _quant
 from . import silu as _silu
 from . import softmax as _softmax
 
@@ -130,4 +131,5 @@ FAST = {
     "attention": Impl(attention_forward, attention_backward),
     "embedding": Impl(None, embedding_backward),
     "adamw": Impl(adamw_update, None),
+    "quant_linear": Impl(_quant.quant_linear_forward, _quant.quant_linear_backward),
 }
