@@ -64,6 +64,18 @@ def _tune_glibc_malloc() -> dict | None:
 ALLOCATOR_TUNING = _tune_glibc_malloc()  # once, at import; see the docstring above
 
 
+def release_free_memory() -> bool:
+    """Give the memory of freed arrays back to the system (glibc's malloc_trim). With the tuning
+    above nothing is returned by itself; call this after a one-off drop in size that should show
+    (float weights replaced by quantized ones, a loaded model's temporary buffers). True if done."""
+    if ALLOCATOR_TUNING is None:
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(ctypes.c_size_t(0)))
+    except (OSError, AttributeError):
+        return False
+
+
 # ---- devices ---------------------------------------------------------------------------------
 
 def normalize_device(device) -> str:

@@ -156,7 +156,7 @@ class Trainer:
             raise ValueError(f"seq_len {self.seq_len} does not fit the model's context of {room} positions")
         self.data.check_block_size(self.seq_len)
         manual_seed(tcfg.seed)
-        self.model = GPT(self.model_config).to(tcfg.device) if model is None else model.to(tcfg.device)
+        self.model = (GPT(self.model_config) if model is None else model).to(tcfg.device).train()
         self.optimizer = self.model.configure_optimizers(tcfg.weight_decay, tcfg.learning_rate,
                                                          (tcfg.beta1, tcfg.beta2))
         self.batch_rng = np.random.default_rng(tcfg.seed)

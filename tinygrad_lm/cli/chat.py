@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import UsageError, add_model_args, add_sampling_args, compile_notice, load_source
+from .common import UsageError, add_adapter_args, add_model_args, add_sampling_args, compile_notice, load_source
 
 
 def add_parser(sub) -> None:
@@ -16,13 +16,14 @@ def add_parser(sub) -> None:
     c.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=512, metavar="N",
                    help="longest reply, in tokens")
     add_sampling_args(c, temperature=0.0, top_k=None)   # greedy: the same reply every time
+    add_adapter_args(c)
 
 
 def run(args) -> int:
     from ..chat import ChatSession
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    model, tok = load_source(args.ckpt, args.model, args.device)
+    model, tok = load_source(args.ckpt, args.model, args.device, args.adapter, args.quantize)
     if not hasattr(tok, "decode_bytes") or not getattr(tok, "special_tokens", None):
         raise UsageError(f"chat needs a BPE tokenizer with special tokens (a chat model's); this model has a "
                          f"{type(tok).__name__}: use `generate`")

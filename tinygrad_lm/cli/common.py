@@ -62,9 +62,9 @@ def compile_notice(device: str) -> None:
               file=sys.stderr, flush=True)
 
 
-def add_model_args(p, what: str = "run", many: bool = False) -> None:
+def add_model_args(p, what: str = "run", many: bool = False, required: bool = True) -> None:
     """--ckpt (a training run) or --model (a pretrained model), exactly one kind."""
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group(required=required)
     src.add_argument("--ckpt", metavar="PATH", action="append" if many else "store",
                      help="a training run's folder (or its checkpoint file)" + (", repeatable" if many else ""))
     src.add_argument("--model", metavar="NAME|PATH", action="append" if many else "store",
@@ -85,19 +85,48 @@ def add_sampling_args(p, temperature: float, top_k: int | None) -> None:
     p.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="where to run")
 
 
-def load_source(ckpt, model_name, device):
-    """(model, tokenizer) of a checkpoint or of a pretrained model name or path."""
+def add_adapter_args(p) -> None:
+    """--adapter and --quantize: what goes on top of the model a command loads."""
+    p.add_argument("--adapter", metavar="DIR",
+                   help="an adapter folder on top of the model: `tinygrad-lm finetune`'s (LoRA, bottleneck adapters, "
+                        "soft prompt) or Hugging Face PEFT's (LoRA, prompt tuning)")
+    p.add_argument("--quantize", choices=("int8", "nf4"), default=None,
+                   help="keep the Linear weights quantized (int8: one scale per output row; nf4: QLoRA's 4-bit "
+                        "NormalFloat in blocks of 64) and dequantize them on the fly (default: float32)")
+
+
+def load_source(ckpt, model_name, device, adapter=None, quantize=None):
+    """(model, tokenizer) of a checkpoint or of a pretrained model name or path; quantized and/or
+    with an adapter on top when asked (quantized first: a QLoRA adapter goes over the quantized base)."""
     if ckpt is not None:
         model, tok, _ = load_model(ckpt, device)
-        return model, tok
-    from ..hub import load_pretrained_tokenizer
-    model = GPT.from_pretrained(model_name, device=device)
-    return model, load_pretrained_tokenizer(model_name)
+    else:
+        from ..hub import load_pretrained_tokenizer
+        model = GPT.from_pretrained(model_name, device=device)
+        tok = load_pretrained_tokenizer(model_name)
+    if quantize is not None:
+        from ..peft import quantize_model
+        quantize_model(model, quantize)
+        backend.release_free_memory()   # the float weights' memory goes back: the point of quantizing
+    if adapter is not None:
+        from ..peft import PeftModel
+        model = PeftModel.from_pretrained(model, adapter)
+    return model, tok
 
 
 def load_model(path, device):
+    """(model, tokenizer, checkpoint) of a training run; a fine-tuning run's model is rebuilt from
+    its base (recorded in the checkpoint) and the parameters it trained."""
     from ..tokenizers import tokenizer_from_dict
     ck = load_checkpoint(path)
+    if "finetune" in ck["meta"]:
+        from ..peft.finetune import rebuild
+        model, tok = rebuild(ck["meta"]["finetune"], lambda base: load_source(base.get("ckpt"), base.get("model"), device))
+        try:
+            model.load_state_dict(ck["model"], strict=not ck["meta"].get("trainable_only"))
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"incompatible checkpoint {ck['path']}: {e}") from None
+        return model.eval(), tok, ck
     try:
         cfg = GPTConfig.from_dict(ck["meta"]["model_config"])
         model = GPT(cfg)

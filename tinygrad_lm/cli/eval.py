@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 from .. import backend
-from .common import UsageError, add_model_args, compile_notice, load_source
+from .common import UsageError, add_adapter_args, add_model_args, compile_notice, load_source
 
 
 def add_parser(sub) -> None:
@@ -32,6 +32,7 @@ def add_parser(sub) -> None:
     e.add_argument("--json", action="store_true", help="one JSON object per model: model, tokens, loss, ppl, bpb")
     e.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="where to run")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_adapter_args(e)   # with --quantize, each model is scored as it is and quantized: the cost in one table
 
 
 def windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
@@ -81,9 +82,13 @@ def run(args) -> int:
     pretrained = args.model is not None
     sources = [(None, m) for m in args.model] if pretrained else [(c, None) for c in args.ckpt]
     split = args.split or ("all" if pretrained else "val")
+    if args.quantize:  # each model as it is, then quantized: the perplexity cost of quantizing, side by side
+        sources = [(c, m, q) for c, m in sources for q in (None, args.quantize)]
+    else:
+        sources = [(c, m, None) for c, m in sources]
     rows = []
-    for ckpt, name in sources:
-        model, tok = load_source(ckpt, name, args.device)
+    for ckpt, name, quantize in sources:
+        model, tok = load_source(ckpt, name, args.device, args.adapter, quantize)
         data, _ = load_dataset(args.data, tokenizer=tok)
         tokens = {"val": data.val, "train": data.train}.get(split)
         if tokens is None:
@@ -99,7 +104,7 @@ def run(args) -> int:
         if stride > context:
             raise UsageError(f"--stride {stride} is longer than --context {context}: tokens would go unscored")
         compile_notice(backend.normalize_device(args.device))
-        label = name if pretrained else ckpt
+        label = (name if pretrained else ckpt) + (" +adapter" if args.adapter else "") + (f" ({quantize})" if quantize else "")
         bar = None if args.quiet else tqdm(total=len(windows(len(tokens), context, stride)), desc=f"eval {split}: {label}",
                                            unit="window", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
         total, count = perplexity(model, tokens, context, stride, args.batch_size, args.device, bar)

@@ -73,19 +73,22 @@ def _field_type(f):
     return str
 
 
-def _config_flags():
+def _config_flags(classes=(GPTConfig, TrainConfig)):
     """(field, type) for every GPTConfig / TrainConfig field that is a --flag."""
-    return [f for cls in (GPTConfig, TrainConfig) for f in fields(cls) if f.name not in _EXPLICIT]
+    return [f for cls in classes for f in fields(cls) if f.name not in _EXPLICIT]
 
 
-def _add_config_flags(p: argparse.ArgumentParser):
-    preset = get_preset(DEFAULT_PRESET)
-    defaults = {**{f.name: f.default for cls in (GPTConfig, TrainConfig) for f in fields(cls)},
-                **preset["model"], **preset["train"]}
-    group = p.add_argument_group(
+def _add_config_flags(p: argparse.ArgumentParser, classes=(GPTConfig, TrainConfig), defaults: dict | None = None,
+                      title: str | None = None):
+    """A --flag for every field of ``classes``; ``defaults``: the values shown (default: the default preset's)."""
+    if defaults is None:
+        preset = get_preset(DEFAULT_PRESET)
+        defaults = {**preset["model"], **preset["train"]}
+    defaults = {**{f.name: f.default for cls in classes for f in fields(cls)}, **defaults}
+    group = p.add_argument_group(title or (
         f"model and training fields (defaults shown are --preset {DEFAULT_PRESET}'s; another --preset changes "
-        f"them, --resume keeps the run's own; each also takes --name=value and --name-with-dashes)")
-    for f in _config_flags():
+        f"them, --resume keeps the run's own; each also takes --name=value and --name-with-dashes)"))
+    for f in _config_flags(classes):
         names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         names += FLAG_ALIASES.get(f.name, [])
         typ = _field_type(f)

@@ -54,6 +54,22 @@ class Module:
     def modules(self):
         return [m for _, m in self.named_modules()]
 
+    def get_submodule(self, target: str) -> "Module":
+        """The module at dotted path ``target`` ("" is self), as in PyTorch."""
+        m = self
+        for part in target.split(".") if target else []:
+            child = getattr(m, part, None)
+            if not isinstance(child, Module):
+                raise AttributeError(f"{type(m).__name__} has no sub-module {part!r} (in {target!r})")
+            m = child
+        return m
+
+    def set_submodule(self, target: str, module: "Module") -> None:
+        """Put ``module`` at dotted path ``target`` in place of what is there (an adapter around a layer)."""
+        parent, _, name = target.rpartition(".")
+        self.get_submodule(parent).get_submodule(name)   # it must exist: a typo never adds a new module
+        setattr(self.get_submodule(parent), name, module)
+
     def _named_tensors(self, prefix: str = ""):
         """Every (name, Parameter), tied ones under each of their names."""
         for name, value in vars(self).items():

@@ -63,14 +63,6 @@ class QuantizedLinear(Module):
                 f"bias={self.bias is not None}")
 
 
-def _parent(model: Module, path: str):
-    *up, name = path.split(".")
-    parent = model
-    for part in up:
-        parent = getattr(parent, part)
-    return parent, name
-
-
 def quantize_model(model: Module, kind: str, block_size: int = 64, skip=("lm_head",)) -> Module:
     """Replace, in place, every nn.Linear whose module path does not end with a name in ``skip``
     by a QuantizedLinear of ``kind`` ("int8" or "nf4"); embeddings and norms stay float. The
@@ -88,7 +80,8 @@ def quantize_model(model: Module, kind: str, block_size: int = 64, skip=("lm_hea
     for path, m in model.named_modules():
         if not isinstance(m, Linear) or not path or any(path == s or path.endswith("." + s) for s in skip):
             continue
-        parent, name = _parent(model, path)
+        up, _, name = path.rpartition(".")
+        parent = model.get_submodule(up)
         if isinstance(parent, BottleneckAdapter) or (isinstance(parent, LoraLinear) and name != "base_layer"):
             continue
         targets.append((parent, name, m))
