@@ -412,7 +412,7 @@ OPS32 = {
     "ce_none": lambda x, p: F.cross_entropy(x, TGT, reduction="none"),
     "layer_norm": lambda x, p: F.layer_norm(x, p[0], p[1]), "layer_norm_plain": lambda x, p: F.layer_norm(x),
     "rms_norm": lambda x, p: F.rms_norm(x, p[0]), "gelu": lambda x, p: F.gelu(x),
-    "gelu_tanh": lambda x, p: F.gelu(x, approximate="tanh"), "silu": lambda x, p: F.silu(x),
+    "gelu_tanh": lambda x, p: F.gelu(x, approximate="tanh"), "silu": lambda x, p: F.silu(x), "swiglu": lambda x, p: F.swiglu(x),
     "rope": lambda x, p: F.rope(x, np.cos(P), np.sin(P)),
     "F.relu": lambda x, p: F.relu(x), "dropout": lambda x, p: F.dropout(x, 0.5),
     "embedding": lambda x, p: F.embedding(IDS, x), "linear": lambda x, p: F.linear(x, _f32(W), _f32(B)),

@@ -14,7 +14,7 @@ from tinygrad_lm import Tensor, gradcheck
 
 GRADCHECKED = {"Softmax", "LogSoftmax", "CrossEntropy", "LayerNorm", "RMSNorm", "Gelu", "Silu", "Embedding",
                "Linear", "Attention", "Rope",  # Attention: the fused op sdpa uses without a mask (test_sdpa) "Attention",  # Attention: test_sdpa modes "none" and "causal"
-               "F.softmax", "F.log_softmax", "F.cross_entropy", "F.layer_norm", "F.rms_norm", "F.gelu", "F.silu",
+               "F.softmax", "F.log_softmax", "F.cross_entropy", "F.layer_norm", "F.rms_norm", "F.gelu", "F.silu", "F.swiglu", "SwiGLU",
                "F.relu", "F.rope", "F.dropout", "F.embedding", "F.linear", "F.scaled_dot_product_attention"}
 
 
@@ -237,6 +237,19 @@ def test_gelu_float32_and_bad_mode():
 def test_silu(data):
     a = data.draw(arrays(data.draw(shapes()), -8, 8))
     check(F.silu, lambda x: x / (1 + np.exp(-x)), a, rtol=1e-12)
+
+
+@given(data=st.data())
+def test_swiglu(data):
+    shape = data.draw(shapes(min_dims=1))
+    a = data.draw(arrays(shape[:-1] + (2 * shape[-1],), -8, 8))
+    H = shape[-1]
+    check(F.swiglu, lambda h: h[..., :H] / (1 + np.exp(-h[..., :H])) * h[..., H:], a, rtol=1e-12)
+
+
+def test_swiglu_odd_axis_is_an_error():
+    with pytest.raises(ValueError, match="must be even"):
+        F.swiglu(Tensor(np.zeros((2, 3))))
 
 
 @given(half=st.integers(1, 5), lead=st.lists(st.integers(1, 3), max_size=2), T=st.integers(1, 4),

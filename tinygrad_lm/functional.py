@@ -11,7 +11,7 @@ from .ops import nn as _nn
 from .ops.nn import causal_mask
 from .tensor import Tensor, get_rng, where
 
-__all__ = ["softmax", "log_softmax", "cross_entropy", "layer_norm", "rms_norm", "gelu", "silu", "rope", "relu",
+__all__ = ["softmax", "log_softmax", "cross_entropy", "layer_norm", "rms_norm", "gelu", "silu", "swiglu", "rope", "relu",
            "dropout", "embedding", "linear", "scaled_dot_product_attention"]
 
 
@@ -83,6 +83,13 @@ def gelu(x: Tensor, approximate: str = "none") -> Tensor:
 def silu(x: Tensor) -> Tensor:
     """x * sigmoid(x) (also called swish)."""
     return _nn.Silu.apply(x)
+
+
+def swiglu(h: Tensor) -> Tensor:
+    """silu(gate) * up where gate and up are the first and second halves of h's last axis."""
+    if h.ndim < 1 or h.shape[-1] % 2:
+        raise ValueError(f"swiglu: the last axis of h {h.shape} must be even (gate and up stacked)")
+    return _nn.SwiGLU.apply(h)
 
 
 def rope(x: Tensor, cos, sin, pairing: str = "half") -> Tensor:

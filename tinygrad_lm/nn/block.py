@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from .. import functional as F
-from ..tensor import split
 from .attention import CausalSelfAttention
 from .layers import Dropout, LayerNorm, Linear, RMSNorm
 from .module import Module
@@ -36,8 +35,7 @@ class MLP(Module):
     def forward(self, x):
         h = self.c_fc(x)                                                 # (B, T, hidden or 2*hidden)
         if self.kind == "swiglu":
-            gate, up = split(h, 2, axis=-1)
-            h = F.silu(gate) * up
+            h = F.swiglu(h)                                              # silu(gate) * up: (B, T, hidden)
         else:
             h = F.gelu(h, approximate="tanh" if self.kind == "gelu_tanh" else "none")
         return self.dropout(self.c_proj(h))

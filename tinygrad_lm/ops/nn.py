@@ -339,6 +339,27 @@ class Silu(Function):
         return self.impl.backward(self.x, g)
 
 
+class SwiGLU(Function):
+    """silu(gate) * up with gate and up the two halves of h's last axis (LLaMA's MLP), as one node.
+
+    Only h is kept for backward (silu(gate) is recomputed there: one cheap pass) instead of gate,
+    up and silu(gate) on three nodes: an (N, hidden) array less per layer on the tape (SmolLM2,
+    512 tokens: 94 MB over 30 layers). dgate = silu'(gate) * up * g, dup = silu(gate) * g."""
+
+    def forward(self, h):
+        H = h.shape[-1] // 2
+        self.impl, self.h = implementation("silu", h), h
+        return self.impl.forward(h[..., :H]) * h[..., H:]
+
+    def backward(self, g):
+        h, H = self.h, self.h.shape[-1] // 2
+        gate, up = h[..., :H], h[..., H:]
+        dh = xp_of(g).empty_like(h)
+        dh[..., :H] = self.impl.backward(gate, g * up)
+        dh[..., H:] = self.impl.forward(gate) * g
+        return dh
+
+
 def embedding_backward(ids, g, num_embeddings):
     """Reference: rows used k times receive the sum of their k gradients (scatter-add)."""
     gw = xp_of(g).zeros((num_embeddings, g.shape[-1]), dtype=g.dtype)
