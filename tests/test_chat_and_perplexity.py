@@ -150,3 +150,26 @@ def test_reset_starts_the_conversation_over(tiny_chat_model):
     session.reset()
     assert session.messages == [{"role": "system", "content": "Be brief."}] and session.cache.pos == 0
     assert session.reply("The dog sat") == first
+
+
+def test_chat_with_a_soft_prompt_keeps_its_cache_exact(tiny_chat_model):
+    """The virtual tokens sit before the conversation in the cache: turn 2 with the cache of turn 1
+    equals turn 2 from scratch, and turn 1 equals greedy generation from the rendered prompt."""
+    from tinygrad_lm.peft import PromptTuningConfig, get_peft_model
+    tok = load_pretrained_tokenizer(tiny_chat_model)
+    peft = get_peft_model(GPT.from_pretrained(tiny_chat_model), PromptTuningConfig(num_virtual_tokens=5))
+    peft.soft_prompt.weight.data = peft.soft_prompt.weight.data * 3     # far from neutral: it must matter
+    peft.eval()
+    session = ChatSession(peft, tok, "Be brief.", max_new_tokens=10)
+    first = session.reply("The cat sat")
+    fresh = ChatSession(peft, tok, "Be brief.", max_new_tokens=10)
+    fresh.messages.append({"role": "user", "content": "The cat sat"})
+    prompt = fresh.prompt_ids()
+    out = peft.generate(np.array([prompt]), 10, temperature=0, stop=list(session.stop_ids)).data[0, len(prompt):]
+    want = [t for t in out.tolist() if t not in session.stop_ids]
+    assert first == tok.decode(want)
+    second = session.reply("on the mat")
+    again = ChatSession(peft, tok, "Be brief.", max_new_tokens=10)
+    again.messages = session.messages[:-2]
+    assert again.reply("on the mat") == second
+    assert session.cache.pos == 5 + len(session.cached)
