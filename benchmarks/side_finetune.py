@@ -12,13 +12,13 @@ import statistics
 import tempfile
 import time
 
-from .peers import _reset_peak, _status_kib, worker_main
+import tinygrad_lm  # noqa: F401,I001  (first, as `tinygrad-lm finetune` does: its thread settings precede NumPy's)
+import numpy as np  # noqa: E402
+
+from .peers import _reset_peak, _status_kib, worker_main  # noqa: E402
 
 
 def run(args: dict) -> dict:
-    import numpy as np
-
-    import tinygrad_lm  # noqa: F401  (as users run it: its own thread and allocator settings)
     from tinygrad_lm import backend
     from tinygrad_lm.cli.common import load_source
     from tinygrad_lm.peft.finetune import method_config, prepare
@@ -65,7 +65,8 @@ def run(args: dict) -> dict:
     return {"method": method, "trainable": trainable, "total": total, "base_params": base_params, "load_s": load_s,
             "val_before": before, "val_after": after, "bpb_before": before * per_byte, "bpb_after": after * per_byte,
             "step_s": times, "median_step_s": statistics.median(times[1:] or times), "train_losses": losses,
-            "peak_rss": peak, "rss_start": rss_start, "tokens_per_step": args["batch_size"] * args["seq_len"]}
+            "peak_rss": peak, "rss_start": rss_start, "tokens_per_step": args["batch_size"] * args["seq_len"],
+            "blas_threads": backend.blas_threads()}
 
 
 if __name__ == "__main__":
