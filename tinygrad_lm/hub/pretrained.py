@@ -18,15 +18,19 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 OWN_TOKENIZER = "tinygrad_lm_tokenizer.json"  # char/byte tokenizers, which transformers has no class for
 
 
-def _read_config(folder: Path) -> dict:
-    path = folder / "config.json"
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON file that must hold an object (a model's or an adapter's config); errors name the file."""
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the model config ({e})") from None
+        raise ValueError(f"{path}: cannot read the {what} ({e})") from None
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a JSON object, got a {type(d).__name__}")
     return d
+
+
+def _read_config(folder: Path) -> dict:
+    return read_json_object(folder / "config.json", "model config")
 
 
 def read_pretrained(path: Path, weights: bool = True) -> tuple[GPTConfig, dict, dict]:

@@ -19,6 +19,11 @@ def _positive_int(owner: str, name: str, v) -> None:
         raise ValueError(f"{owner}: {name} must be a positive integer, got {v!r}")
 
 
+def _one_of(owner: str, name: str, v, allowed) -> None:
+    if v not in allowed:
+        raise ValueError(f"{owner}: {name} must be one of {allowed}, got {v!r}")
+
+
 @dataclass
 class LoraConfig:
     """y = base(x) + B(A(dropout(x))) * scale, scale = lora_alpha / r (or / sqrt(r) with use_rslora).
@@ -45,8 +50,7 @@ class LoraConfig:
             raise ValueError(f"LoraConfig: lora_alpha must be a positive number, got {self.lora_alpha!r}")
         if not isinstance(self.lora_dropout, (int, float)) or not 0 <= self.lora_dropout < 1:
             raise ValueError(f"LoraConfig: lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if self.bias not in LORA_BIAS:
-            raise ValueError(f"LoraConfig: bias must be one of {LORA_BIAS}, got {self.bias!r}")
+        _one_of("LoraConfig", "bias", self.bias, LORA_BIAS)
         if isinstance(self.target_modules, (list, set)):
             self.target_modules = tuple(self.target_modules)
         if not isinstance(self.target_modules, (str, tuple)) or not self.target_modules \
@@ -78,9 +82,7 @@ class BottleneckConfig:
 
     def __post_init__(self):
         _positive_int("BottleneckConfig", "reduction_factor", self.reduction_factor)
-        if self.non_linearity not in NONLINEARITIES:
-            raise ValueError(f"BottleneckConfig: non_linearity must be one of {NONLINEARITIES}, "
-                             f"got {self.non_linearity!r}")
+        _one_of("BottleneckConfig", "non_linearity", self.non_linearity, NONLINEARITIES)
         self.target = tuple(self.target)
         if not self.target or not set(self.target) <= {"attn", "mlp"}:
             raise ValueError(f"BottleneckConfig: target must name 'attn' and/or 'mlp', got {self.target!r}")
@@ -103,9 +105,7 @@ class PromptTuningConfig:
 
     def __post_init__(self):
         _positive_int("PromptTuningConfig", "num_virtual_tokens", self.num_virtual_tokens)
-        if self.prompt_tuning_init not in PROMPT_INITS:
-            raise ValueError(f"PromptTuningConfig: prompt_tuning_init must be one of {PROMPT_INITS}, "
-                             f"got {self.prompt_tuning_init!r}")
+        _one_of("PromptTuningConfig", "prompt_tuning_init", self.prompt_tuning_init, PROMPT_INITS)
         if self.prompt_tuning_init == "TEXT" and not self.prompt_tuning_init_text:
             raise ValueError("PromptTuningConfig: prompt_tuning_init 'TEXT' needs prompt_tuning_init_text")
 

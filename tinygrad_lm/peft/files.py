@@ -22,6 +22,7 @@ import numpy as np
 from .. import backend
 from ..hub.hf_config import UnsupportedModelError, family_of
 from ..hub.hf_weights import hf_parts
+from ..hub.pretrained import read_json_object
 from ..hub.safetensors_file import atomic_write, read_safetensors, write_safetensors
 from .config import LoraConfig, PromptTuningConfig, config_from_peft
 from .model import PeftModel, _pattern_value, get_peft_model
@@ -103,12 +104,7 @@ def read_adapter_config(folder) -> tuple[object, dict]:
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no {CONFIG_NAME} (not an adapter folder)")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the adapter config ({e})") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a JSON object, got a {type(d).__name__}")
+    d = read_json_object(path, "adapter config")
     return config_from_peft(d, path), d
 
 
