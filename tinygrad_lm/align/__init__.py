@@ -1,0 +1,13 @@
+"""Instruction tuning and RLHF on the one training loop: the built-in task and the data formats.
+
+- ``tasks``: five instruction families with checkable answers (reverse, sort, uppercase, add,
+  count), train/validation/test splits that never share a prompt, ``is_correct`` and a scripted
+  ``judge`` that stands in for human raters;
+- ``jsonl``: JSON Lines datasets with TRL's field names (SFT, preference pairs, RL prompts)."""
+from .jsonl import KINDS, ROLES, normalize, read_jsonl, sft_records, write_jsonl
+from .tasks import (FAMILIES, SPLITS, answer, edit_distance, family_of, is_correct, judge, make_example,
+                    make_prompt, random_word, split_of, task_split)
+
+__all__ = ["FAMILIES", "SPLITS", "make_example", "make_prompt", "random_word", "answer", "family_of",
+           "is_correct", "edit_distance", "judge", "split_of", "task_split",
+           "KINDS", "ROLES", "read_jsonl", "write_jsonl", "normalize", "sft_records"]
