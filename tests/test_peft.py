@@ -212,13 +212,25 @@ def test_adapters_sit_after_attention_and_mlp():
 
 # ---- gradient checks of the new layers ------------------------------------------------------------
 
+def with_params(module, names, fn):
+    """fn over the module with gradcheck's float64 copies put in place of its parameters ``names``
+    (gradcheck perturbs its own copies: a closure that ignored them would check nothing)."""
+    def run(x, *params):
+        for name, p in zip(names, params):
+            owner, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(owner), attr, p)
+        return fn(x)
+    return run, [dict(module.named_parameters())[n] for n in names]
+
+
 def test_gradcheck_lora_linear():
     tg.manual_seed(0)
     layer = LoraLinear(tg.nn.Linear(5, 7).double(), r=3, scale=0.7)
     layer.lora_B.weight.data = np.random.default_rng(0).standard_normal((7, 3))
     layer.double()
     x = tg.tensor(np.random.default_rng(1).standard_normal((2, 4, 5)), requires_grad=True)
-    assert tg.gradcheck(lambda x, a, b: layer(x), [x, layer.lora_A.weight, layer.lora_B.weight])
+    fn, params = with_params(layer, ["lora_A.weight", "lora_B.weight"], layer)
+    assert tg.gradcheck(fn, [x, *params])
 
 
 @pytest.mark.parametrize("act", ["relu", "gelu", "silu", "tanh"])
@@ -227,13 +239,27 @@ def test_gradcheck_bottleneck_adapter(act):
     ad = BottleneckAdapter(8, reduction_factor=2, non_linearity=act).double()
     ad.up.weight.data = np.random.default_rng(0).standard_normal((8, 4))
     x = tg.tensor(np.random.default_rng(1).standard_normal((3, 8)) + 0.05, requires_grad=True)
-    assert tg.gradcheck(lambda x, *p: ad(x), [x, ad.down.weight, ad.down.bias, ad.up.weight, ad.up.bias])
+    fn, params = with_params(ad, ["down.weight", "down.bias", "up.weight", "up.bias"], ad)
+    assert tg.gradcheck(fn, [x, *params])
 
 
 def test_gradcheck_soft_prompt_through_a_model():
     peft = get_peft_model(model_of("llama"), PromptTuningConfig(num_virtual_tokens=2))
     ids = ids_of((2, 4))
-    assert tg.gradcheck(lambda w: peft(ids, ids)[1], [peft.soft_prompt.weight])
+    fn, params = with_params(peft.model, ["soft_prompt.weight"], lambda _: peft(ids, ids)[1])
+    assert tg.gradcheck(fn, [tg.tensor(np.zeros(1)), *params])
+
+
+def test_the_parameter_checks_see_the_parameters():
+    """A term of lora_B's weight that backward cannot see (detached) makes the check fail: the
+    checks above perturb the parameters the layer really uses."""
+    from tinygrad_lm.gradcheck import GradcheckError
+    tg.manual_seed(0)
+    layer = LoraLinear(tg.nn.Linear(4, 3).double(), r=2, scale=0.5).double()
+    x = tg.tensor(np.random.default_rng(1).standard_normal((2, 4)), requires_grad=True)
+    fn, params = with_params(layer, ["lora_B.weight"], layer)
+    with pytest.raises(GradcheckError):
+        tg.gradcheck(lambda x, b: fn(x, b) + b.detach().sum(), [x, *params])
 
 
 # ---- files -------------------------------------------------------------------------------------------

@@ -106,10 +106,11 @@ class Trainer:
     evaluation it returned."""
 
     def __init__(self, tcfg: TrainConfig, mcfg: dict | None = None, resume: bool = False, log=print, *,
-                 overwrite: bool = False, model=None, tokenizer=None, meta: dict | None = None):
+                 overwrite: bool = False, model=None, tokenizer=None, meta: dict | None = None, data=None):
         """model + tokenizer: train this model (a pretrained one, a PeftModel) instead of building one
-        from mcfg; its frozen parameters are neither optimized nor saved. meta: JSON-able facts saved
-        in every checkpoint (e.g. how fine-tuning built the model, for resuming)."""
+        from mcfg; its frozen parameters are neither optimized nor saved. data: a batch source with
+        TokenData's get_batch/check_block_size (e.g. align.sft.SFTData) instead of tcfg.data's text.
+        meta: JSON-able facts saved in every checkpoint (e.g. how fine-tuning built the model)."""
         from .data import load_dataset
         if (model is None) != (tokenizer is None):
             raise ValueError("Trainer: pass model and tokenizer together (the data is tokenized with the model's)")
@@ -138,8 +139,11 @@ class Trainer:
                 setattr(tcfg, k, saved[k])
             from .tokenizers import tokenizer_from_dict
             tokenizer = tokenizer or tokenizer_from_dict(meta["tokenizer"])
-            self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tokenizer)
+            self.data, self.tokenizer = (data, tokenizer) if data is not None else \
+                load_dataset(tcfg.data, tokenizer=tokenizer)
             self.model_config = GPTConfig.from_dict(meta["model_config"])
+        elif data is not None:
+            self.data, self.tokenizer = data, tokenizer
         elif tokenizer is not None:
             self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tokenizer)
         else:

@@ -3,11 +3,17 @@
 - ``tasks``: five instruction families with checkable answers (reverse, sort, uppercase, add,
   count), train/validation/test splits that never share a prompt, ``is_correct`` and a scripted
   ``judge`` that stands in for human raters;
-- ``jsonl``: JSON Lines datasets with TRL's field names (SFT, preference pairs, RL prompts)."""
+- ``jsonl``: JSON Lines datasets with TRL's field names (SFT, preference pairs, RL prompts);
+- ``sft``: conversations through the chat template with the loss on the assistant's tokens only
+  (``SFTData``, a batch source for the Trainer; ``tinygrad-lm sft``);
+- ``losses`` and ``heads``: Bradley-Terry, DPO, GAE, PPO's clipped losses, KL estimators and
+  controllers, summed completion log-probs; the scalar (reward / value) head."""
 from .jsonl import KINDS, ROLES, normalize, read_jsonl, sft_records, write_jsonl
+from .sft import SFTData, chat_template_of, encode_conversation, examples_to_conversations
 from .tasks import (FAMILIES, SPLITS, answer, edit_distance, family_of, is_correct, judge, make_example,
                     make_prompt, random_word, split_of, task_split)
 
 __all__ = ["FAMILIES", "SPLITS", "make_example", "make_prompt", "random_word", "answer", "family_of",
            "is_correct", "edit_distance", "judge", "split_of", "task_split",
-           "KINDS", "ROLES", "read_jsonl", "write_jsonl", "normalize", "sft_records"]
+           "KINDS", "ROLES", "read_jsonl", "write_jsonl", "normalize", "sft_records",
+           "SFTData", "chat_template_of", "encode_conversation", "examples_to_conversations"]

@@ -28,9 +28,14 @@ HF_FILES = ("config.json", "model.safetensors", "generation_config.json", "token
 def add_parser(sub) -> None:
     f = sub.add_parser("finetune", help="fine-tune a model: full, LoRA, bottleneck adapters, soft prompt or QLoRA",
                        description="Fine-tune a training run (--ckpt) or a pretrained model (--model) on a text.")
+    add_phase_args(f, "UTF-8 text file or folder to adapt to", method="lora")
+
+
+def add_phase_args(f, data_help: str, method: str) -> None:
+    """The options of every fine-tuning phase (finetune, sft): base, data, method, run folder, training fields."""
     add_model_args(f, "fine-tune", required=False)   # --resume takes the base its run recorded
-    f.add_argument("--data", metavar="PATH", help="UTF-8 text file or folder to adapt to")
-    f.add_argument("--method", choices=METHODS, default="lora",
+    f.add_argument("--data", metavar="PATH", help=data_help)
+    f.add_argument("--method", choices=METHODS, default=method,
                    help="full: every parameter; lora; adapter: Houlsby bottleneck adapters; prompt: a soft prompt; "
                         "qlora: LoRA over a 4-bit NF4 base")
     f.add_argument("--out", required=True, metavar="DIR", help="run folder: checkpoint, log, and the adapter (or model)")
@@ -78,20 +83,27 @@ def _load_base(base: dict, device):
 
 
 def run(args) -> int:
+    return run_phase(args, "finetune")
+
+
+def run_phase(args, phase: str, data_spec: dict | None = None, build_data=None) -> int:
+    """A fine-tuning run of ``phase`` ("finetune", "sft"): the base plus a method, trained on
+    --data's text, or on ``build_data(data_spec, tokenizer)`` (a batch source; the spec is saved
+    with the run, so --resume rebuilds the same data)."""
     from ..tensor import manual_seed
     out = Path(args.out)
     tvals = {**DEFAULTS}
     if args.resume:
         meta = load_checkpoint(out)["meta"]
-        if "finetune" not in meta:
-            raise UsageError(f"{out} holds a `train` run, not a fine-tuning run: continue it with `train --resume`")
+        if "finetune" not in meta or meta["finetune"].get("phase", "finetune") != phase:
+            raise UsageError(f"{out} does not hold a `{phase}` run: continue it with the command that started it")
         ft = meta["finetune"]
         tvals.update({k: v for k, v in meta["train_config"].items()
                       if k in TrainConfig.field_names() and k not in RUN_FIELDS})
-        method = ft["method"]
+        method, data_spec = ft["method"], ft.get("data")
     else:
-        if args.ckpt is None and args.model is None or args.data is None:
-            raise UsageError("finetune needs a base (--ckpt or --model) and --data (or --resume of a run in --out)")
+        if args.ckpt is None and args.model is None or args.data is None and data_spec is None:
+            raise UsageError(f"{phase} needs a base (--ckpt or --model) and data (or --resume of a run in --out)")
         method = args.method
         held = [n for n in ADAPTER_FILES if (out / n).exists()]
         if held and not args.overwrite:
@@ -120,14 +132,16 @@ def run(args) -> int:
         config = method_config(method, options, base.get("model") or base.get("ckpt"))
         model = prepare(model, method, config, tok, args.quantize)
         ft = run_meta(method, config, base, args.quantize if method != "qlora" else (args.quantize or "nf4"))
+        ft.update(phase=phase, data=data_spec)
     if args.overwrite:
         for name in ADAPTER_FILES + HF_FILES:
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "merged", ignore_errors=True)
     tcfg = TrainConfig(out_dir=str(out), data=args.data, tokenizer=tok.kind if tok.kind in ("char", "byte", "bpe")
                        else "bpe", device=args.device, seed=args.seed, progress=not args.quiet, **tvals)
+    data = build_data(data_spec, tok) if data_spec is not None else None
     trainer = Trainer(tcfg, resume=args.resume, overwrite=args.overwrite, log=lambda s: print(s, flush=True),
-                      model=model, tokenizer=tok, meta={"finetune": ft})
+                      model=model, tokenizer=tok, meta={"finetune": ft}, data=data)
     m, d = trainer.model, trainer.data
     n_train, n_all = m.num_parameters(trainable=True), m.num_parameters()
     print(f"data: {d.source}, {d.num_tokens:,} tokens ({len(d.train):,} train / {len(d.val):,} val); "
@@ -138,7 +152,7 @@ def run(args) -> int:
         print(f"final: train loss {result['train']:.4f}, val loss {result['val']:.4f} (iter {trainer.last_eval_iter})")
     _write_outputs(trainer, method, ft, args.merge, tok)
     if trainer.interrupted:
-        print(f"continue with: {PROG} finetune --resume --out {out}")
+        print(f"continue with: {PROG} {phase} --resume --out {out}")
         return 130
     return 0
 
