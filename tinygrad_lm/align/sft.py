@@ -21,6 +21,16 @@ def chat_template_of(tokenizer) -> ChatTemplate:
                         getattr(tokenizer, "eos_token", None))
 
 
+def check_chat_tokens(tokenizer, template: ChatTemplate) -> None:
+    """The tokenizer must have a special token that ends an assistant turn, or a tuned model could
+    never stop answering (ChatML: <|im_start|> and <|im_end|>)."""
+    specials = getattr(tokenizer, "special_tokens", {}) or {}
+    if not any(s in specials for s in end_of_turn(template, specials)):
+        raise ValueError(f"this {type(tokenizer).__name__} has no special token that ends an assistant turn in "
+                         "its chat template (ChatML needs <|im_start|> and <|im_end|>): a fine-tuned model could "
+                         "never stop answering; pre-train with a tokenizer that has them")
+
+
 def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, allowed_special="all"))
 
@@ -58,11 +68,7 @@ class SFTData:
         if not train or not val:
             raise ValueError(f"SFT needs training and validation conversations, got {len(train)} and {len(val)}")
         template = chat_template_of(tokenizer)
-        specials = getattr(tokenizer, "special_tokens", {}) or {}
-        if not any(s in specials for s in end_of_turn(template, specials)):
-            raise ValueError(f"this {type(tokenizer).__name__} has no special token that ends an assistant turn in "
-                             "its chat template (ChatML needs <|im_start|> and <|im_end|>): a fine-tuned model could "
-                             "never stop answering; pre-train with a tokenizer that has them")
+        check_chat_tokens(tokenizer, template)
         self.tokenizer, self.source = tokenizer, source
         self._splits = {name: [encode_conversation(c["messages"], tokenizer, template) for c in rows]
                         for name, rows in (("train", train), ("val", val))}

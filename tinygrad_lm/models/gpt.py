@@ -173,12 +173,9 @@ class GPT(Module):
         return 6 * self.num_params() + 12 * c.n_layer * c.n_head * c.hs * c.block_size
 
     # ---- forward ----------------------------------------------------------------------------
-    def forward(self, idx, targets=None, *, cache: KVCache | None = None, all_logits: bool = False):
-        """idx (B, T) token ids -> (logits, loss).
-
-        With targets: logits (B, T, V) and the mean cross-entropy (targets of -1 are ignored).
-        Without: logits of the last position only, (B, 1, V), unless all_logits. A cache makes
-        idx continue the cached tokens (positions start at cache.pos)."""
+    def hidden_states(self, idx, cache: KVCache | None = None):
+        """idx (B, T) token ids -> the final normalised hidden states (B, T, C), before the output
+        layer: what a reward or value head reads."""
         ids = idx.data if isinstance(idx, Tensor) else idx
         if not hasattr(ids, "shape"):  # lists; NumPy and CuPy arrays stay on their device
             ids = np.asarray(ids)
@@ -208,7 +205,15 @@ class GPT(Module):
             cache.advance(P + T)
         if P:
             x = x[:, P:]                                                   # (B, T, C): real tokens only
-        x = tr.ln_f(x)
+        return tr.ln_f(x)                                                  # (B, T, C)
+
+    def forward(self, idx, targets=None, *, cache: KVCache | None = None, all_logits: bool = False):
+        """idx (B, T) token ids -> (logits, loss).
+
+        With targets: logits (B, T, V) and the mean cross-entropy (targets of -1 are ignored).
+        Without: logits of the last position only, (B, 1, V), unless all_logits. A cache makes
+        idx continue the cached tokens (positions start at cache.pos)."""
+        x = self.hidden_states(idx, cache=cache)                           # (B, T, C)
         if targets is not None:
             logits = self.lm_head(x)                                       # (B, T, V)
             t = targets.data if isinstance(targets, Tensor) else targets
