@@ -121,9 +121,13 @@ def load_model(path, device):
     ck = load_checkpoint(path)
     if "finetune" in ck["meta"]:
         from ..peft.finetune import rebuild
-        model, tok = rebuild(ck["meta"]["finetune"], lambda base: load_source(base.get("ckpt"), base.get("model"), device))
+        ft = ck["meta"]["finetune"]
+        model, tok = rebuild(ft, lambda base: load_source(base.get("ckpt"), base.get("model"), device))
+        state = ck["model"]
+        if ft.get("wrapped"):   # trained inside a wrapper (reward head, DPO): its "model.*" entries are the model's
+            state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
         try:
-            model.load_state_dict(ck["model"], strict=not ck["meta"].get("trainable_only"))
+            model.load_state_dict(state, strict=not ck["meta"].get("trainable_only"))
         except (KeyError, ValueError) as e:
             raise CheckpointError(f"incompatible checkpoint {ck['path']}: {e}") from None
         return model.eval(), tok, ck

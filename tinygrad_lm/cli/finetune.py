@@ -86,10 +86,13 @@ def run(args) -> int:
     return run_phase(args, "finetune")
 
 
-def run_phase(args, phase: str, data_spec: dict | None = None, build_data=None) -> int:
-    """A fine-tuning run of ``phase`` ("finetune", "sft"): the base plus a method, trained on
+def run_phase(args, phase: str, data_spec: dict | None = None, build_data=None, wrap_model=None) -> int:
+    """A fine-tuning run of ``phase`` ("finetune", "sft", ...): the base plus a method, trained on
     --data's text, or on ``build_data(data_spec, tokenizer)`` (a batch source; the spec is saved
-    with the run, so --resume rebuilds the same data)."""
+    with the run, so --resume rebuilds the same data). ``wrap_model(model, tokenizer)``: the module
+    the Trainer trains instead (a reward model, DPO's policy + reference); it must hold the
+    fine-tuned model as its attribute ``model``, so the checkpoint's "model.*" entries are that
+    model's (cli.common.load_model reads them back) and its other trained parameters sit beside."""
     from ..tensor import manual_seed
     out = Path(args.out)
     tvals = {**DEFAULTS}
@@ -132,7 +135,7 @@ def run_phase(args, phase: str, data_spec: dict | None = None, build_data=None) 
         config = method_config(method, options, base.get("model") or base.get("ckpt"))
         model = prepare(model, method, config, tok, args.quantize)
         ft = run_meta(method, config, base, args.quantize if method != "qlora" else (args.quantize or "nf4"))
-        ft.update(phase=phase, data=data_spec)
+        ft.update(phase=phase, data=data_spec, wrapped=wrap_model is not None)
     if args.overwrite:
         for name in ADAPTER_FILES + HF_FILES:
             (out / name).unlink(missing_ok=True)
@@ -140,8 +143,9 @@ def run_phase(args, phase: str, data_spec: dict | None = None, build_data=None) 
     tcfg = TrainConfig(out_dir=str(out), data=args.data, tokenizer=tok.kind if tok.kind in ("char", "byte", "bpe")
                        else "bpe", device=args.device, seed=args.seed, progress=not args.quiet, **tvals)
     data = build_data(data_spec, tok) if data_spec is not None else None
+    trained = wrap_model(model, tok) if wrap_model is not None else model
     trainer = Trainer(tcfg, resume=args.resume, overwrite=args.overwrite, log=lambda s: print(s, flush=True),
-                      model=model, tokenizer=tok, meta={"finetune": ft}, data=data)
+                      model=trained, tokenizer=tok, meta={"finetune": ft}, data=data)
     m, d = trainer.model, trainer.data
     n_train, n_all = m.num_parameters(trainable=True), m.num_parameters()
     print(f"data: {d.source}, {d.num_tokens:,} tokens ({len(d.train):,} train / {len(d.val):,} val); "
@@ -150,16 +154,15 @@ def run_phase(args, phase: str, data_spec: dict | None = None, build_data=None) 
     result = trainer.train()
     if result:
         print(f"final: train loss {result['train']:.4f}, val loss {result['val']:.4f} (iter {trainer.last_eval_iter})")
-    _write_outputs(trainer, method, ft, args.merge, tok)
+    _write_outputs(trainer.out, model, method, ft, args.merge, tok)
     if trainer.interrupted:
         print(f"continue with: {PROG} {phase} --resume --out {out}")
         return 130
     return 0
 
 
-def _write_outputs(trainer, method, ft, merge: bool, tok) -> None:
+def _write_outputs(out, model, method, ft, merge: bool, tok) -> None:
     """The run's product next to its checkpoint: the adapter folder (or the full model), and --merge's model."""
-    out, model = trainer.out, trainer.model
     base = ft["base"].get("model") or ft["base"].get("ckpt")
     flag = "--model" if "model" in ft["base"] else "--ckpt"
     quant = f" --quantize {ft['quantize']}" if ft.get("quantize") else ""
