@@ -86,13 +86,16 @@ def run(args) -> int:
     return run_phase(args, "finetune")
 
 
-def run_phase(args, phase: str, data_spec: dict | None = None, build_data=None, wrap_model=None) -> int:
+def run_phase(args, phase: str, data_spec: dict | None = None, build_data=None, wrap_model=None,
+              outputs: bool = True) -> int:
     """A fine-tuning run of ``phase`` ("finetune", "sft", ...): the base plus a method, trained on
     --data's text, or on ``build_data(data_spec, tokenizer)`` (a batch source; the spec is saved
     with the run, so --resume rebuilds the same data). ``wrap_model(model, tokenizer)``: the module
     the Trainer trains instead (a reward model, DPO's policy + reference); it must hold the
     fine-tuned model as its attribute ``model``, so the checkpoint's "model.*" entries are that
-    model's (cli.common.load_model reads them back) and its other trained parameters sit beside."""
+    model's (cli.common.load_model reads them back) and its other trained parameters sit beside.
+    ``outputs=False``: no adapter or model folder beside the checkpoint (a reward model is its
+    checkpoint: the body alone, as an LM, would only mislead)."""
     from ..tensor import manual_seed
     out = Path(args.out)
     tvals = {**DEFAULTS}
@@ -154,7 +157,8 @@ def run_phase(args, phase: str, data_spec: dict | None = None, build_data=None, 
     result = trainer.train()
     if result:
         print(f"final: train loss {result['train']:.4f}, val loss {result['val']:.4f} (iter {trainer.last_eval_iter})")
-    _write_outputs(trainer.out, model, method, ft, args.merge, tok)
+    if outputs:
+        _write_outputs(trainer.out, model, method, ft, args.merge, tok)
     if trainer.interrupted:
         print(f"continue with: {PROG} {phase} --resume --out {out}")
         return 130
