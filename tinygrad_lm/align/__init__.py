@@ -17,3 +17,8 @@ __all__ = ["FAMILIES", "SPLITS", "make_example", "make_prompt", "random_word", "
            "is_correct", "edit_distance", "judge", "split_of", "task_split",
            "KINDS", "ROLES", "read_jsonl", "write_jsonl", "normalize", "sft_records",
            "SFTData", "chat_template_of", "encode_conversation", "examples_to_conversations"]
+
+# the reward model: a scalar head on the last token, Bradley-Terry, the judge's pairs (`tinygrad-lm reward`)
+from .reward import RewardModel, evaluate_reward_model, judge_pairs, render_reply, sample_replies  # noqa: E402
+
+__all__ += ["RewardModel", "evaluate_reward_model", "judge_pairs", "render_reply", "sample_replies"]
