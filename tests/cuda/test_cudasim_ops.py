@@ -325,9 +325,14 @@ def test_every_fast_op_is_tested_here():
     assert set(FAST) <= tested, f"fast CUDA ops without an equality test: {sorted(set(FAST) - tested)}"
 
 
+# quant_linear's reference is already GPU code on CuPy arrays (elementwise dequantize, then cuBLAS);
+# its CPU kernel exists to fuse the dequantization into the dot product for decoding.
+CPU_ONLY = {"quant_linear"}
+
+
 def test_the_cuda_table_covers_the_cpu_table():
     from tinygrad_lm.kernels.cpu import ops as cpu_ops
-    assert set(FAST) == set(cpu_ops.FAST)
+    assert set(FAST) == set(cpu_ops.FAST) - CPU_ONLY
 
 
 @pytest.mark.parametrize("op", sorted(FAST))
