@@ -133,8 +133,10 @@ def test_the_last_token_is_read():
     x, y = preference_batch(block=30)
     last = last_token_index(y)
     r0 = rm(x, y)[0].data.copy()
+    assert len(set(last)) > 1                    # shorter rows have padding inside the longest row's window
     x2 = x.copy()
-    x2[0, last[0] + 1] = 7                       # padding after the last token: nothing changes
+    for j, t in enumerate(last):
+        x2[j, t + 1:] = 7                        # padding after the last token: nothing changes
     np.testing.assert_array_equal(rm(x2, y)[0].data, r0)
     x3 = x.copy()
     x3[0, last[0]] = (x3[0, last[0]] + 1) % 256   # the last token itself
@@ -304,3 +306,24 @@ def test_reward_command_on_the_builtin_task(chat_base, monkeypatch, capsys):
     from tinygrad_lm import cli
     assert cli.main(["reward", "--model", "base", "--task", "builtin", "--out", "run_task", "--quiet"]) == 2
     assert "already holds a training run" in capsys.readouterr().err
+
+
+def test_save_then_load_reward_model(chat_base):
+    """RewardModel.save writes what a run writes; load_reward_model rebuilds it (full and LoRA bodies)."""
+    from tinygrad_lm.cli.reward import load_reward_model
+    from tinygrad_lm.peft import LoraConfig, get_peft_model
+    from tinygrad_lm.peft.finetune import run_meta
+    base = {"model": str(chat_base / "base")}
+    ids = [render_reply(TOK, "Pick 1", "A"), render_reply(TOK, "Pick 22", "BB")]
+    for method in ("full", "lora"):
+        manual_seed(1)
+        body = GPT.from_pretrained(base["model"])
+        config = LoraConfig(r=2, target_modules=("c_attn",)) if method == "lora" else None
+        rm = RewardModel(body if config is None else get_peft_model(body, config))
+        for p in rm.parameters():   # trained weights: not the ones a fresh build draws
+            if p.requires_grad:
+                p.data[...] += np.random.default_rng(2).normal(0, 0.1, p.shape).astype(p.dtype)
+        rm.save(chat_base / f"saved_{method}", TOK, run_meta(method, config, base, None))
+        back, tok, ck = load_reward_model(chat_base / f"saved_{method}")
+        assert ck["meta"]["trainable_only"] == (method == "lora")
+        np.testing.assert_allclose(back.score_ids(ids), rm.score_ids(ids), rtol=1e-6)
