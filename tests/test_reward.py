@@ -286,6 +286,12 @@ def test_reward_command_on_jsonl_resume_and_load(chat_base, monkeypatch, capsys)
              "--quiet"], capsys)
     with pytest.raises(CheckpointError, match="not a reward model"):
         load_reward_model(chat_base / "ft")
+    # --base CKPT: a fine-tuned run as the base (the SFT model, in the words)
+    run_cli(["reward", "--base", "ft", "--data", "prefs.jsonl", "--out", "run_b", "--max_iters", "1",
+             "--eval_interval", "1", *TRAIN_FLAGS], capsys)
+    _, _, ck3 = load_reward_model(chat_base / "run_b")
+    assert ck3["meta"]["finetune"]["base"] == {"ckpt": str((chat_base / "ft").resolve())}
+    assert cli.main(["reward", "--base", "ft", "--model", "base", "--data", "prefs.jsonl", "--out", "r4"]) == 2
 
 
 def test_reward_command_on_the_builtin_task(chat_base, monkeypatch, capsys):

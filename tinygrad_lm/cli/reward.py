@@ -29,6 +29,8 @@ def add_parser(sub) -> None:
                                    "preference pairs, from a JSONL file or ranked by the built-in task's judge.")
     add_phase_args(r, 'JSONL of preference pairs: {"prompt", "chosen", "rejected"} (TRL\'s names; strings or '
                       "message lists); the last tenth is held out", method="full")
+    r.add_argument("--base", metavar="CKPT", default=None,
+                   help="the SFT run to start from, as --ckpt (the issue's spelling: reward --base CKPT)")
     r.add_argument("--task", choices=("builtin",), default=None,
                    help="instead of --data: pairs made by sampling the base twice per prompt of the built-in task "
                         "and ranking the replies with the scripted judge (written to OUT/pairs.jsonl)")
@@ -116,6 +118,10 @@ def load_reward_model(path, device: str = "cpu"):
 def run(args) -> int:
     from ..align.reward import RewardModel, evaluate_reward_model
     from ..checkpoint import checkpoint_path, checkpoint_step
+    if args.base is not None:
+        if args.ckpt is not None or args.model is not None:
+            raise UsageError("--base names the base as --ckpt does: give one of --base, --ckpt, --model")
+        args.ckpt = args.base
     if args.merge:
         raise UsageError("reward: --merge does not apply: the reward model is its run's checkpoint "
                          "(load_reward_model reads it)")
