@@ -22,3 +22,8 @@ __all__ = ["FAMILIES", "SPLITS", "make_example", "make_prompt", "random_word", "
 from .reward import RewardModel, evaluate_reward_model, judge_pairs, render_reply, sample_replies  # noqa: E402
 
 __all__ += ["RewardModel", "evaluate_reward_model", "judge_pairs", "render_reply", "sample_replies"]
+
+# DPO: the policy against a frozen reference on preference pairs (`tinygrad-lm dpo`)
+from .dpo import DPOModel, evaluate_pairs, task_preference_pairs  # noqa: E402
+
+__all__ += ["DPOModel", "evaluate_pairs", "task_preference_pairs"]
