@@ -100,6 +100,10 @@ def test_sft_command_on_the_builtin_task_then_chat(chat_base, monkeypatch, capsy
     capsys.readouterr()
     assert cli.main(["chat", "--ckpt", "run", "--message", "Reverse the word: stone", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.endswith("\n")
+    assert cli.main(["eval", "--ckpt", "run", "--task", "builtin", "--task-size", "5", "--quiet"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["model", "reverse", "sort", "uppercase", "add", "count", "all"]
+    assert table[1].startswith("run ") and "on 5 test prompts" in table[2]
     assert cli.main(["sft", "--model", "base", "--task", "builtin", "--data", "x.jsonl", "--out", "r2"]) == 2
 
 

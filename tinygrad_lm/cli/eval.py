@@ -33,6 +33,11 @@ def add_parser(sub) -> None:
     e.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="where to run")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     add_adapter_args(e)   # with --quantize, each model is scored as it is and quantized: the cost in one table
+    e.add_argument("--task", choices=("builtin",), default=None,
+                   help="instead of perplexity: exact-match accuracy per family on the built-in instruction task's "
+                        "test prompts (greedy replies through the chat template)")
+    e.add_argument("--task-size", "--task_size", dest="task_size", type=int, default=100, metavar="N",
+                   help="test prompts with --task (balanced over the five families)")
 
 
 def windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
@@ -86,6 +91,8 @@ def run(args) -> int:
         sources = [(c, m, q) for c, m in sources for q in (None, args.quantize)]
     else:
         sources = [(c, m, None) for c, m in sources]
+    if args.task:
+        return _task_table(args, sources)
     rows = []
     for ckpt, name, quantize in sources:
         model, tok = load_source(ckpt, name, args.device, args.adapter, quantize)
@@ -119,6 +126,31 @@ def run(args) -> int:
         del model
     if not args.json:
         _table(rows)
+    return 0
+
+
+def _task_table(args, sources) -> int:
+    """Exact match per family of each model on the same test prompts."""
+    from ..align.tasks import FAMILIES, task_split
+    if args.task_size < 1:
+        raise UsageError(f"--task-size must be a positive integer, got {args.task_size}")
+    examples = task_split("test", args.task_size)
+    rows = []
+    for ckpt, name, quantize in sources:
+        from ..align.evaluate import task_accuracy
+        model, tok = load_source(ckpt, name, args.device, args.adapter, quantize)
+        label = (name or ckpt) + (" +adapter" if args.adapter else "") + (f" ({quantize})" if quantize else "")
+        compile_notice(backend.normalize_device(args.device))
+        scores = task_accuracy(model, tok, examples, log=None if args.quiet else lambda m: print(m, file=sys.stderr))
+        rows.append({"model": label, **scores})
+        if args.json:
+            print(json.dumps(rows[-1]), flush=True)
+    if not args.json:
+        width = max(len("model"), *(len(r["model"]) for r in rows))
+        print(f"{'model':<{width}}  " + "  ".join(f"{f:>9}" for f in FAMILIES) + f"  {'all':>6}")
+        for r in rows:
+            print(f"{r['model']:<{width}}  " + "  ".join(f"{r.get(f, 0):>9.0%}" for f in FAMILIES) + f"  {r['all']:>6.1%}")
+        print(f"(exact match, greedy, on {len(examples)} test prompts of the built-in task)")
     return 0
 
 

@@ -1,0 +1,49 @@
+"""How well a chat model does the built-in task: greedy replies through its chat template, scored
+by exact match per family (the report card's first column, and `tinygrad-lm eval --task builtin`)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..tensor import no_grad
+from .sft import chat_template_of
+from .tasks import FAMILIES, family_of, is_correct
+
+
+def stop_ids(tokenizer, template) -> list[int]:
+    """The special tokens that end an assistant turn in this template (as ChatSession stops on)."""
+    from ..tokenizers.chat import end_of_turn
+    specials = getattr(tokenizer, "special_tokens", {}) or {}
+    return [tokenizer.token_id(s) for s in end_of_turn(template, specials) if s in specials]
+
+
+@no_grad()
+def reply(model, tokenizer, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, seed=None,
+          template=None) -> str:
+    """The model's reply to one user message (greedy by default), without the end-of-turn token."""
+    template = template or chat_template_of(tokenizer)
+    text = template.render([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    ids = np.array([tokenizer.encode(text, allowed_special="all")])
+    stops = stop_ids(tokenizer, template)
+    out = model.generate(ids, max_new_tokens, temperature=temperature, seed=seed, stop=stops or None).data
+    new = [int(t) for t in out[0, ids.shape[1]:]]
+    for i, t in enumerate(new):
+        if t in stops:
+            new = new[:i]
+            break
+    return tokenizer.decode(new)
+
+
+def task_accuracy(model, tokenizer, examples: list[dict], max_new_tokens: int = 32, log=None) -> dict:
+    """{family: exact-match accuracy, "all": overall, "n": prompts} over task examples, greedy."""
+    model.eval()
+    template = chat_template_of(tokenizer)
+    right = {f: [] for f in FAMILIES}
+    for i, ex in enumerate(examples):
+        ok = is_correct(ex["prompt"], reply(model, tokenizer, ex["prompt"], max_new_tokens, template=template))
+        right[family_of(ex["prompt"])].append(ok)
+        if log is not None and (i + 1) % 25 == 0:
+            log(f"  {i + 1}/{len(examples)} prompts")
+    scores = {f: float(np.mean(v)) for f, v in right.items() if v}
+    scores["all"] = float(np.mean([x for v in right.values() for x in v]))
+    scores["n"] = len(examples)
+    return scores
