@@ -15,7 +15,7 @@ import numpy as np
 
 from .sampling import check_sampling_args, sample
 from .tensor import get_rng, no_grad
-from .tokenizers.chat import ChatTemplate, end_of_turn
+from .tokenizers.chat import ChatTemplate, end_of_turn_ids
 
 
 class ChatSession:
@@ -30,9 +30,7 @@ class ChatSession:
         self.model, self.tokenizer = model, tokenizer
         self.template = ChatTemplate(getattr(tokenizer, "chat_template", None), getattr(tokenizer, "bos_token", None),
                                      getattr(tokenizer, "eos_token", None))
-        specials = getattr(tokenizer, "special_tokens", {})
-        stops = end_of_turn(self.template, specials)
-        self.stop_ids = [tokenizer.token_id(s) for s in stops if s in specials]
+        self.stop_ids = end_of_turn_ids(self.template, tokenizer)
         if not self.stop_ids:
             raise ValueError("this tokenizer has no end-of-turn or end-of-text special token: a chat reply "
                              "would never end (use `generate` instead)")

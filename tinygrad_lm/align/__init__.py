@@ -27,3 +27,8 @@ __all__ += ["RewardModel", "evaluate_reward_model", "judge_pairs", "render_reply
 from .dpo import DPOModel, evaluate_pairs, task_preference_pairs  # noqa: E402
 
 __all__ += ["DPOModel", "evaluate_pairs", "task_preference_pairs"]
+
+# scoring a chat model on the built-in task (`tinygrad-lm eval --task builtin`)
+from .evaluate import reply, task_accuracy  # noqa: E402
+
+__all__ += ["reply", "task_accuracy"]

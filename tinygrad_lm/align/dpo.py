@@ -49,6 +49,7 @@ from .. import backend
 from ..nn.module import Module
 from ..tensor import Tensor, no_grad
 from .losses import dpo_loss, sequence_logprobs
+from .phase import PhaseModel
 from .preferences import last_token_index
 from .tasks import SPLITS, judge, task_split
 
@@ -69,7 +70,7 @@ def trim(x, y):
     return x[:, :w], y[:, :w]
 
 
-class DPOModel(Module):
+class DPOModel(PhaseModel):
     """The policy (a GPT or a PeftModel, attribute ``model``) trained by DPO against a frozen reference.
 
     forward(x, y) -> (logps, loss): x, y (2B, T) as PreferenceData batches them; logps (2B,) the
@@ -81,7 +82,6 @@ class DPOModel(Module):
         with its adapter disabled), or None: "adapter" for a PeftModel, else "copy". (A PeftModel
         whose adapter was already trained, e.g. a LoRA SFT run trained on with --method full, needs
         "copy": its disabled adapter is the model before SFT.)"""
-        super().__init__()
         if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
             raise ValueError(f"DPO: beta must be a finite number > 0, got {beta!r}")
         from ..peft import PeftModel
@@ -91,7 +91,7 @@ class DPOModel(Module):
             raise ValueError(f"DPO: reference must be one of {REFERENCES}, got {reference!r}")
         if reference == "adapter" and not isinstance(policy, PeftModel):
             raise ValueError(f"DPO: reference 'adapter' needs a PeftModel policy, got a {type(policy).__name__}")
-        self.model = policy
+        PhaseModel.__init__(self, policy)
         self.beta = float(beta)
         self.cache_reference = cache_reference
         self.last_stats: dict = {}
@@ -107,19 +107,8 @@ class DPOModel(Module):
         return self._reference[0] if self._reference else None
 
     @property
-    def config(self):
-        return self.model.config
-
-    @property
-    def num_virtual_tokens(self) -> int:
-        return self.model.num_virtual_tokens
-
-    @property
     def device(self) -> str:
         return self.model.parameters()[0].device
-
-    def configure_optimizers(self, *args, **kwargs):
-        return self.model.configure_optimizers(*args, **kwargs)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -5,15 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..tensor import no_grad
+from ..tokenizers.chat import end_of_turn_ids
 from .sft import chat_template_of
 from .tasks import FAMILIES, family_of, is_correct
-
-
-def stop_ids(tokenizer, template) -> list[int]:
-    """The special tokens that end an assistant turn in this template (as ChatSession stops on)."""
-    from ..tokenizers.chat import end_of_turn
-    specials = getattr(tokenizer, "special_tokens", {}) or {}
-    return [tokenizer.token_id(s) for s in end_of_turn(template, specials) if s in specials]
 
 
 @no_grad()
@@ -23,7 +17,7 @@ def reply(model, tokenizer, prompt: str, max_new_tokens: int = 32, temperature: 
     template = template or chat_template_of(tokenizer)
     text = template.render([{"role": "user", "content": prompt}], add_generation_prompt=True)
     ids = np.array([tokenizer.encode(text, allowed_special="all")])
-    stops = stop_ids(tokenizer, template)
+    stops = end_of_turn_ids(template, tokenizer)
     out = model.generate(ids, max_new_tokens, temperature=temperature, seed=seed, stop=stops or None).data
     new = [int(t) for t in out[0, ids.shape[1]:]]
     for i, t in enumerate(new):

@@ -26,10 +26,11 @@ from ..checkpoint import CheckpointError, save_checkpoint
 from ..nn import Module
 from ..nn.layers import skip_init
 from ..tensor import Tensor, no_grad
-from ..tokenizers.chat import end_of_turn
+from ..tokenizers.chat import end_of_turn_ids
 from .heads import ScalarHead, pick_last
 from .jsonl import write_jsonl
 from .losses import bradley_terry_loss, pair_accuracy
+from .phase import PhaseModel
 from .preferences import _messages, last_token_index
 from .sft import chat_template_of, check_chat_tokens, encode_conversation
 from .tasks import answer, edit_distance, is_correct, judge
@@ -48,29 +49,14 @@ def render_reply(tokenizer, prompt, reply) -> np.ndarray:
     return encode_conversation(_messages(prompt, reply), tokenizer, chat_template_of(tokenizer))[0]
 
 
-class RewardModel(Module):
+class RewardModel(PhaseModel):
     """A transformer whose last-token hidden state goes through a scalar head: one reward per sequence."""
 
     def __init__(self, model: Module, head: ScalarHead | None = None):
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         ref = model.transformer.wte.weight          # the body's device and float dtype (a quantized body too)
         self.score = (head if head is not None else ScalarHead(model.config.n_embd)).to(ref.device, ref.dtype)
         self.train(model.training)
-
-    # ---- what the Trainer asks of a model ------------------------------------------------------
-    @property
-    def config(self):
-        return self.model.config
-
-    @property
-    def num_virtual_tokens(self) -> int:
-        return self.model.num_virtual_tokens
-
-    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas=(0.9, 0.95), eps: float = 1e-8):
-        """GPT's AdamW groups (matrices decayed, biases and norm scales not) over body and head."""
-        from ..models import GPT
-        return GPT.configure_optimizers(self, weight_decay, learning_rate, betas, eps)
 
     # ---- rewards ------------------------------------------------------------------------------
     def rewards(self, x, last) -> Tensor:
@@ -191,8 +177,7 @@ def sample_replies(model, tokenizer, prompts, n: int = 2, temperature: float = 1
     batch of n rows each (our GPT has no padding mask, so one batch is one length)."""
     template = chat_template_of(tokenizer)
     check_chat_tokens(tokenizer, template)
-    specials = getattr(tokenizer, "special_tokens", {}) or {}
-    stop_ids = [tokenizer.token_id(s) for s in end_of_turn(template, specials) if s in specials]
+    stop_ids = end_of_turn_ids(template, tokenizer)
     room = model.config.block_size - model.num_virtual_tokens
     rng = np.random.default_rng(seed)
     for start in range(0, len(prompts), chunk):

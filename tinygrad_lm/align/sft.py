@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tokenizers.chat import ChatTemplate, end_of_turn
+from ..tokenizers.chat import ChatTemplate, end_of_turn_ids
 
 IGNORE = -1
 
@@ -24,8 +24,7 @@ def chat_template_of(tokenizer) -> ChatTemplate:
 def check_chat_tokens(tokenizer, template: ChatTemplate) -> None:
     """The tokenizer must have a special token that ends an assistant turn, or a tuned model could
     never stop answering (ChatML: <|im_start|> and <|im_end|>)."""
-    specials = getattr(tokenizer, "special_tokens", {}) or {}
-    if not any(s in specials for s in end_of_turn(template, specials)):
+    if not end_of_turn_ids(template, tokenizer):
         raise ValueError(f"this {type(tokenizer).__name__} has no special token that ends an assistant turn in "
                          "its chat template (ChatML needs <|im_start|> and <|im_end|>): a fine-tuned model could "
                          "never stop answering; pre-train with a tokenizer that has them")

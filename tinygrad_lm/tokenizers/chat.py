@@ -296,3 +296,10 @@ def end_of_turn(template, special_tokens=(), eos_token: str | None = None) -> tu
 
 
 __all__ = ["ChatTemplate", "ChatTemplateError", "CHATML", "MAX_CHARS", "check_messages", "end_of_turn"]
+
+
+def end_of_turn_ids(template: "ChatTemplate", tokenizer) -> list[int]:
+    """The ids of the tokenizer's special tokens that end an assistant turn in this template: what
+    a chat model's generation stops on (empty when the tokenizer lacks them)."""
+    specials = getattr(tokenizer, "special_tokens", {}) or {}
+    return [tokenizer.token_id(s) for s in end_of_turn(template, specials) if s in specials]
