@@ -54,3 +54,25 @@ def kernels(request):
         return
     with tinygrad_lm.use_kernels(mode):
         yield mode
+
+
+CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+@pytest.fixture(scope="module")
+def chat_base(tmp_path_factory):
+    """A folder holding "base": a tiny byte-level GPT (1 layer, 32 wide, context 128) whose tokenizer
+    has ChatML's special tokens, as an HF folder; one per test module (runs are written beside it)."""
+    import warnings
+
+    from tinygrad_lm.models import GPT, GPTConfig
+    from tinygrad_lm.tensor import manual_seed
+    from tinygrad_lm.tokenizers import ByteTokenizer
+    tok = ByteTokenizer(CHAT_TOKENS)
+    d = tmp_path_factory.mktemp("chat_base")
+    manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # no HF class for a byte tokenizer: saved in our own JSON
+        model.save_pretrained(d / "base", tokenizer=tok)
+    return d

@@ -94,3 +94,23 @@ def check(fn, np_fn, *arrays_, grad=True, rtol=1e-10, atol=1e-12, **gc):
     assert out.requires_grad
     if grad:
         assert gradcheck(fn, [T(a) for a in arrays_], **gc)
+
+
+def parameters_as_inputs(module, call):
+    """(params, fn, restore) for gradchecking a module's parameters: fn(*tensors) puts ``tensors``
+    (gradcheck's float64 copies, in parameters() order) wherever the parameters sit (tied ones in
+    each place) and returns call(); restore() puts the originals back. gradcheck perturbs its own
+    copies, so a closure that left the module's parameters in place would check nothing."""
+    params = module.parameters()
+    index = {id(p): i for i, p in enumerate(params)}
+    slots = [(m, k, index[id(v)]) for m in module.modules() for k, v in vars(m).items() if id(v) in index]
+
+    def put(tensors):
+        for m, k, i in slots:
+            setattr(m, k, tensors[i])
+
+    def fn(*tensors):
+        put(tensors)
+        return call()
+
+    return params, fn, lambda: put(params)

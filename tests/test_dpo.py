@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -18,9 +17,10 @@ from tinygrad_lm.align.tasks import edit_distance, is_correct, judge
 from tinygrad_lm.checkpoint import load_checkpoint
 from tinygrad_lm.gradcheck import gradcheck
 from tinygrad_lm.models import GPT, GPTConfig
-from tinygrad_lm.nn import Parameter
 from tinygrad_lm.peft import LoraConfig, get_peft_model
 from tinygrad_lm.tokenizers import ByteTokenizer
+
+from strategies import parameters_as_inputs
 from tinygrad_lm.train import TrainConfig, Trainer
 
 TOK = ByteTokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
@@ -98,22 +98,11 @@ def test_gradcheck_through_the_policy_float64():
     dpo = DPOModel(tiny(n_embd=8, vocab_size=TOK.vocab_size).double(), beta=0.5)
     perturb(dpo.model, 0.1)
     x, y = data_of().get_batch("train", 2, T, np.random.default_rng(1))
-    slots = [(m, k, v) for m in dpo.model.modules() for k, v in vars(m).items() if isinstance(v, Parameter)]
-    params = dpo.model.parameters()
-    index = {id(p): i for i, p in enumerate(params)}
-
-    def put(tensors):
-        for m, k, v in slots:
-            setattr(m, k, tensors[index[id(v)]])
-
-    def fn(*tensors):
-        put(tensors)
-        return dpo(x, y)[1]
-
+    params, fn, restore = parameters_as_inputs(dpo.model, lambda: dpo(x, y)[1])
     try:
         assert gradcheck(fn, params, directional=True, seed=0)
     finally:
-        put(params)
+        restore()
 
 
 def test_at_the_start_the_loss_is_log_2_and_every_margin_is_0():
@@ -248,15 +237,6 @@ def test_task_pairs_are_the_answer_against_a_near_miss_the_judge_ranks_lower():
 
 # ---- the command -------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def chat_base(tmp_path_factory):
-    """A tiny byte-level model whose tokenizer has ChatML's special tokens, as an HF folder."""
-    d = tmp_path_factory.mktemp("dpo")
-    model = tiny(block_size=128, n_embd=32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # no HF class for a byte tokenizer: saved in our own JSON
-        model.save_pretrained(d / "base", tokenizer=TOK)
-    return d
 
 
 RUN = ["--max_iters", "3", "--eval_interval", "3", "--eval_iters", "1", "--batch_size", "4", "--seq_len", "100",

@@ -14,6 +14,8 @@ from tinygrad_lm.models import GPT, GPTConfig
 from tinygrad_lm.nn import LayerNorm, RMSNorm
 from tinygrad_lm.optim import AdamW
 
+from strategies import parameters_as_inputs
+
 VARIANTS = {
     "learned": {},
     "rope": dict(pos="rope"),
@@ -52,27 +54,10 @@ def tiny(seed=0, scale=None, **kw):
     return model
 
 
-def parameter_slots(model):
-    """(module, attribute, index into parameters()) for every place a parameter sits (ties twice)."""
-    params = model.parameters()
-    index = {id(p): i for i, p in enumerate(params)}
-    return params, [(m, k, index[id(v)]) for m in model.modules() for k, v in vars(m).items() if id(v) in index]
-
-
 def loss_of_parameters(model, idx, targets):
     """fn(*tensors) -> loss with ``tensors`` standing in for the model's parameters (ties kept),
     and a function that puts the original parameters back."""
-    params, slots = parameter_slots(model)
-
-    def put(tensors):
-        for m, k, i in slots:
-            setattr(m, k, tensors[i])
-
-    def fn(*tensors):
-        put(tensors)
-        return model(idx, targets)[1]
-
-    return params, fn, lambda: put(params)
+    return parameters_as_inputs(model, lambda: model(idx, targets)[1])
 
 
 # ---- gradient check of the whole model ---------------------------------------------------------

@@ -17,6 +17,8 @@ from tinygrad_lm.models import GPT, GPTConfig
 from tinygrad_lm.tensor import manual_seed
 from tinygrad_lm.tokenizers import ByteTokenizer
 
+from strategies import parameters_as_inputs
+
 CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TOK = ByteTokenizer(CHAT_TOKENS)
 
@@ -47,27 +49,10 @@ def test_state_dict_reads_model_and_score():
 
 # ---- the loss path: gradients, the hand formula, the last token -------------------------------------
 
-def parameter_slots(module):
-    """(module, attribute, index into parameters()) of every place a parameter sits (ties twice)."""
-    params = module.parameters()
-    index = {id(p): i for i, p in enumerate(params)}
-    return params, [(m, k, index[id(v)]) for m in module.modules() for k, v in vars(m).items() if id(v) in index]
-
-
 def loss_of_parameters(rm, x, y):
     """fn(*tensors) -> the Bradley-Terry loss with ``tensors`` (gradcheck's float64 copies) put in
     place of the reward model's parameters, and a function that puts the originals back."""
-    params, slots = parameter_slots(rm)
-
-    def put(tensors):
-        for m, k, i in slots:
-            setattr(m, k, tensors[i])
-
-    def fn(*tensors):
-        put(tensors)
-        return rm(x, y)[1]
-
-    return params, fn, lambda: put(params)
+    return parameters_as_inputs(rm, lambda: rm(x, y)[1])
 
 
 def preference_batch(block=24, n=2):
@@ -229,17 +214,6 @@ def test_judge_pairs_ranks_skips_ties_and_adds_reference_pairs(tmp_path):
 
 # ---- the command -----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def chat_base(tmp_path_factory):
-    """A tiny byte-level model whose tokenizer has ChatML's special tokens, as an HF folder."""
-    import warnings
-    d = tmp_path_factory.mktemp("reward")
-    manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=TOK.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=32))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # no HF class for a byte tokenizer: saved in our own JSON
-        model.save_pretrained(d / "base", tokenizer=TOK)
-    return d
 
 
 def run_cli(args, capsys):

@@ -74,17 +74,6 @@ def test_errors_name_the_problem():
         data.check_block_size(16)
 
 
-@pytest.fixture(scope="module")
-def chat_base(tmp_path_factory):
-    """A tiny byte-level model whose tokenizer has ChatML's special tokens, as an HF folder."""
-    import warnings
-    d = tmp_path_factory.mktemp("sft")
-    manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=TOK.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=32))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # no HF class for a byte tokenizer: saved in our own JSON
-        model.save_pretrained(d / "base", tokenizer=TOK)
-    return d
 
 
 def test_sft_command_on_the_builtin_task_then_chat(chat_base, monkeypatch, capsys):

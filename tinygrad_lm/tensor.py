@@ -775,6 +775,12 @@ def split(x: Tensor, indices_or_sections, axis=0) -> list[Tensor]:
 _rng = np.random.default_rng()
 
 
+def host_array(x) -> np.ndarray:
+    """``x`` (a Tensor, a NumPy or CuPy array, a list or a number) as a NumPy array on the host."""
+    x = x.data if isinstance(x, Tensor) else x
+    return backend.to_numpy(x) if hasattr(x, "shape") else np.asarray(x)
+
+
 def manual_seed(seed: int) -> None:
     """Seed the generator used by randn, rand, dropout and weight initialisation."""
     global _rng

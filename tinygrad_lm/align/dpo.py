@@ -47,7 +47,7 @@ import numpy as np
 
 from .. import backend
 from ..nn.module import Module
-from ..tensor import Tensor, no_grad
+from ..tensor import Tensor, host_array, no_grad
 from .losses import dpo_loss, sequence_logprobs
 from .phase import PhaseModel
 from .preferences import last_token_index
@@ -58,15 +58,10 @@ REFERENCES = ("copy", "adapter")
 __all__ = ["REFERENCES", "DPOModel", "trim", "evaluate_pairs", "corrupt_answer", "task_preference_pairs"]
 
 
-def _host(a) -> np.ndarray:
-    a = a.data if isinstance(a, Tensor) else a
-    return backend.to_numpy(a) if hasattr(a, "shape") else np.asarray(a)
-
-
 def trim(x, y):
     """x, y without the columns after every row's last token: padding, which a causal model's
     log-probs of the earlier tokens never see (a batch is as wide as its longest sequence)."""
-    w = int(last_token_index(_host(y)).max()) + 1
+    w = int(last_token_index(host_array(y)).max()) + 1
     return x[:, :w], y[:, :w]
 
 
@@ -141,7 +136,7 @@ class DPOModel(PhaseModel):
                     logits, _ = self.model(x, all_logits=True)
             finally:
                 self.model.train(was)
-        return _host(sequence_logprobs(logits, y).data)
+        return host_array(sequence_logprobs(logits, y).data)
 
     def reference_logprobs(self, x, y) -> np.ndarray:
         """(N,) summed log-probs under the reference (NumPy, constants), from the cache when every
@@ -149,7 +144,7 @@ class DPOModel(PhaseModel):
         was first computed in, so the same values) and cached."""
         if not self.cache_reference:
             return self._reference_forward(x, y)
-        xh, yh = _host(x), _host(y)
+        xh, yh = host_array(x), host_array(y)
         keys = [hashlib.blake2b(xh[i].tobytes() + yh[i].tobytes(), digest_size=16).digest() for i in range(len(xh))]
         if any(k not in self._cache for k in keys):
             for k, v in zip(keys, self._reference_forward(x, y)):
@@ -169,7 +164,7 @@ class DPOModel(PhaseModel):
         logps = self.policy_logprobs(x, y)                     # (2B,)
         ref = self.reference_logprobs(x, y)                    # (2B,)
         loss, stats = dpo_loss(logps[:B], logps[B:], ref[:B], ref[B:], self.beta)
-        lp = _host(logps.data)
+        lp = host_array(logps.data)
         self.last_stats = {"loss": loss.item(), **stats,
                            "logps/chosen": float(lp[:B].mean()), "logps/rejected": float(lp[B:].mean())}
         return logps, loss
@@ -190,7 +185,7 @@ def evaluate_pairs(model: DPOModel, data, split: str = "val", batch_size: int = 
                 picks = np.arange(start, min(start + batch_size, n))
                 x, y = trim(*data.batch(split, picks, room))
                 x, y = backend.to_device(x, model.device), backend.to_device(y, model.device)
-                lp = _host(model.policy_logprobs(x, y).data).astype(np.float64)
+                lp = host_array(model.policy_logprobs(x, y).data).astype(np.float64)
                 ref = model.reference_logprobs(x, y).astype(np.float64)
                 r = model.beta * (lp - ref)
                 B = len(picks)

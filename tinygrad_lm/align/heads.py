@@ -11,7 +11,7 @@ import numpy as np
 from .. import backend
 from ..nn.layers import Linear, init_skipped
 from ..nn.module import Parameter
-from ..tensor import Tensor, get_rng
+from ..tensor import Tensor, get_rng, host_array
 
 
 class ScalarHead(Linear):
@@ -41,17 +41,12 @@ class ScalarHead(Linear):
         return f"n_embd={self.in_features}, zero_init={self.zero_init}"
 
 
-def _host(x) -> np.ndarray:
-    x = x.data if isinstance(x, Tensor) else x
-    return backend.to_numpy(x) if hasattr(x, "shape") else np.asarray(x)
-
-
 def last_token_index(mask_or_lengths) -> np.ndarray:
     """Index of each row's last real token -> (B,) int64.
 
     Given lengths (B,) ints: lengths - 1 (right padding). Given a mask (B, T) (bool or 0/1): the
     position of the last true entry, so left padding works too. A row with no token is an error."""
-    a = _host(mask_or_lengths)
+    a = host_array(mask_or_lengths)
     if a.ndim == 1:
         if a.dtype.kind not in "iu":
             raise TypeError(f"last_token_index: lengths must be integers, got dtype {a.dtype}")
@@ -70,7 +65,7 @@ def last_token_index(mask_or_lengths) -> np.ndarray:
 def pick_last(hidden: Tensor, index) -> Tensor:
     """hidden[b, index[b]] for each row b: (B, T, ...) -> (B, ...), differentiable (the gradient
     goes to the picked positions only)."""
-    idx = _host(index).astype(np.int64)
+    idx = host_array(index).astype(np.int64)
     B, T = hidden.shape[:2]
     if idx.shape != (B,):
         raise ValueError(f"pick_last: index of shape {idx.shape} does not match hidden of shape {hidden.shape}")

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
-from ..tensor import Tensor
+from ..tensor import Tensor, host_array
 
 IGNORE_INDEX = -1   # our GPT's ignore_index: a target of -1 is not scored
 
@@ -67,14 +67,8 @@ def masked_mean(x: Tensor, mask=None) -> Tensor:
     return (x * m).sum() / max(float(backend.to_numpy(m.data).sum()), 1.0)
 
 
-def _host(x) -> np.ndarray:
-    """``x`` (Tensor, NumPy or CuPy array, list or number) as a NumPy array."""
-    x = x.data if isinstance(x, Tensor) else x
-    return backend.to_numpy(x) if hasattr(x, "shape") else np.asarray(x)
-
-
 def _float(x) -> float:
-    return float(_host(x))
+    return float(host_array(x))
 
 
 # ---- log-probabilities of given tokens ----------------------------------------------------------
@@ -110,7 +104,7 @@ def bradley_terry_loss(r_chosen: Tensor, r_rejected) -> Tensor:
 
 def pair_accuracy(r_chosen, r_rejected) -> float:
     """Fraction of pairs whose chosen reward is strictly higher (a tie counts as wrong)."""
-    c, r = _host(r_chosen), _host(r_rejected)
+    c, r = host_array(r_chosen), host_array(r_rejected)
     return float((c > r).mean()) if c.size else 0.0
 
 
@@ -138,7 +132,7 @@ def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_cho
 # ---- PPO: advantages (NumPy) --------------------------------------------------------------------
 
 def _np(x) -> np.ndarray:
-    a = _host(x)
+    a = host_array(x)
     if not np.issubdtype(a.dtype, np.floating) and a.dtype != bool:
         a = a.astype(np.float32)
     return a

@@ -25,7 +25,7 @@ from .. import backend
 from ..checkpoint import CheckpointError, save_checkpoint
 from ..nn import Module
 from ..nn.layers import skip_init
-from ..tensor import Tensor, no_grad
+from ..tensor import Tensor, host_array, no_grad
 from ..tokenizers.chat import end_of_turn_ids
 from .heads import ScalarHead, pick_last
 from .jsonl import write_jsonl
@@ -36,11 +36,6 @@ from .sft import chat_template_of, check_chat_tokens, encode_conversation
 from .tasks import answer, edit_distance, is_correct, judge
 
 __all__ = ["RewardModel", "render_reply", "evaluate_reward_model", "sample_replies", "judge_pairs"]
-
-
-def _host(a) -> np.ndarray:
-    a = a.data if isinstance(a, Tensor) else a
-    return backend.to_numpy(a) if hasattr(a, "shape") else np.asarray(a)
 
 
 def render_reply(tokenizer, prompt, reply) -> np.ndarray:
@@ -61,7 +56,7 @@ class RewardModel(PhaseModel):
     # ---- rewards ------------------------------------------------------------------------------
     def rewards(self, x, last) -> Tensor:
         """x (N, T) token ids, last (N,) the position of each row's last token -> rewards (N,)."""
-        last = _host(last).astype(np.int64)
+        last = host_array(last).astype(np.int64)
         ids = x.data if isinstance(x, Tensor) else x
         ids = ids[:, :int(last.max()) + 1]           # causal: what follows the last token cannot change it
         h = self.model.hidden_states(ids)            # (N, T', C)
@@ -71,7 +66,7 @@ class RewardModel(PhaseModel):
         """A preference batch -> (rewards (2B,), Bradley-Terry loss): rows 0..B-1 chosen, B..2B-1
         rejected (align.preferences' layout); y (2B, T) marks the replies, so the last token of a
         row is the one after its last kept target."""
-        last = last_token_index(_host(y))
+        last = last_token_index(host_array(y))
         if len(last) % 2:
             raise ValueError(f"a preference batch has an even number of rows (chosen, then rejected), got {len(last)}")
         r = self.rewards(x, last)
@@ -96,7 +91,7 @@ class RewardModel(PhaseModel):
                 x = np.zeros((len(picks), lengths.max()), dtype=np.int64)
                 for b, j in enumerate(picks):
                     x[b, :lengths[b]] = seqs[j]
-                out[picks] = _host(self.rewards(backend.to_device(x, device), lengths - 1))
+                out[picks] = host_array(self.rewards(backend.to_device(x, device), lengths - 1))
         finally:
             self.train(was_training)
         return out.astype(self.score.weight.dtype)
@@ -154,7 +149,7 @@ def evaluate_reward_model(reward_model: RewardModel, data, split: str = "val", b
         n = data.num_pairs(split)
         for i in range(0, n, batch_size):
             x, y = data.batch(split, np.arange(i, min(i + batch_size, n)), block)
-            r = _host(reward_model(backend.to_device(x, device), y)[0]).astype(np.float64)
+            r = host_array(reward_model(backend.to_device(x, device), y)[0]).astype(np.float64)
             chosen.append(r[:len(r) // 2])
             rejected.append(r[len(r) // 2:])
     finally:
@@ -191,7 +186,7 @@ def sample_replies(model, tokenizer, prompts, n: int = 2, temperature: float = 1
         done = {}
         for length, items in groups.items():
             x = np.array([ids for _, ids in items for _ in range(n)], dtype=np.int64)   # (k n, L)
-            out = _host(model.generate(x, min(max_new_tokens, room - length), temperature=temperature,
+            out = host_array(model.generate(x, min(max_new_tokens, room - length), temperature=temperature,
                                        top_k=top_k, seed=int(rng.integers(2 ** 63)), stop=stop_ids))
             for k, (i, _) in enumerate(items):
                 replies = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +168,7 @@ def _load_lora(model, config: LoraConfig, tensors: dict, family, where) -> PeftM
         raise ValueError(f"{where}: no LoRA tensor fits this model (expected names like "
                          f"{PREFIX}<module>.lora_A.weight for its Linear layers)")
     targets = "|".join(re.escape(p) for p in found)
-    peft = get_peft_model(model, LoraConfig(**{**_fields(config), "target_modules": f"({targets})"}))
+    peft = get_peft_model(model, replace(config, target_modules=f"({targets})"))
     peft.peft_config = config
     layers = dict(peft.lora_layers())
     for path, parts in found.items():
@@ -189,11 +190,6 @@ def _load_lora(model, config: LoraConfig, tensors: dict, family, where) -> PeftM
             p.data = backend.to_device(arr.astype(p.dtype), p.device)
             p.requires_grad_(True)
     return peft
-
-
-def _fields(config: LoraConfig) -> dict:
-    from dataclasses import fields
-    return {f.name: getattr(config, f.name) for f in fields(config)}
 
 
 def _stack(parts, out_features):
