@@ -187,6 +187,8 @@ class Trainer:
         self.step, self.best_val = meta["step"], meta.get("best_val_loss", math.inf)
         self.batch_rng.bit_generator.state = meta["batch_rng"]
         set_rng_state(meta["global_rng"])
+        if "data_state" in meta and hasattr(self.data, "load_state_dict"):
+            self.data.load_state_dict(meta["data_state"])
 
     def save(self):
         config = asdict(self.cfg)
@@ -195,6 +197,8 @@ class Trainer:
         meta = {**self.extra_meta, "model_config": self.model_config.to_dict(), "train_config": config,
                 "tokenizer": self.tokenizer.to_dict(), "step": self.step, "best_val_loss": self.best_val,
                 "batch_rng": self.batch_rng.bit_generator.state, "global_rng": get_rng_state()}
+        if hasattr(self.data, "state_dict"):   # a batch source with a state of its own (PPO's round, KL coefficient)
+            meta["data_state"] = self.data.state_dict()
         frozen = any(not p.requires_grad for p in self.model.parameters())
         if frozen:  # fine-tuning: the base is not saved again at every evaluation
             meta["trainable_only"] = True
@@ -207,8 +211,10 @@ class Trainer:
 
     # ---- pieces of a step -----------------------------------------------------------------
     def _batch(self, split, rng):
-        x, y = self.data.get_batch(split, self.cfg.batch_size, self.seq_len, rng)
-        return backend.to_device(x, self.cfg.device), backend.to_device(y, self.cfg.device)
+        """The arrays the model's forward takes, on the device: (x, y) of a corpus or SFT data, more
+        for a phase whose loss needs more (PPO's rollout minibatches)."""
+        batch = self.data.get_batch(split, self.cfg.batch_size, self.seq_len, rng)
+        return tuple(backend.to_device(a, self.cfg.device) for a in batch)
 
     def lr_at(self, it: int) -> float:
         c = self.cfg
@@ -218,15 +224,22 @@ class Trainer:
 
     @no_grad()
     def evaluate(self) -> dict:
-        """Mean loss over eval_iters batches of each split, from a fixed-seed generator."""
+        """Mean loss over eval_iters batches of each split, from a fixed-seed generator; or, when
+        the batch source has its own ``evaluate(model)`` (PPO's rollouts: the loss is the negated
+        RL objective of fresh samples), what that returns: {"train", "val", and any statistics}."""
         self.model.eval()
-        out = {}
-        for split in ("train", "val"):
-            rng = np.random.default_rng(self.cfg.seed + 1)
-            losses = [self.model(*self._batch(split, rng))[1].item() for _ in range(self.cfg.eval_iters)]
-            out[split] = float(np.mean(losses))
-        self.model.train()
-        return out
+        try:
+            own = getattr(self.data, "evaluate", None)
+            if own is not None:
+                return dict(own(self.model))
+            out = {}
+            for split in ("train", "val"):
+                rng = np.random.default_rng(self.cfg.seed + 1)
+                losses = [self.model(*self._batch(split, rng))[1].item() for _ in range(self.cfg.eval_iters)]
+                out[split] = float(np.mean(losses))
+            return out
+        finally:
+            self.model.train()
 
     def train_step(self) -> float:
         """One optimizer step (with gradient accumulation); returns the mean micro-batch loss."""
@@ -290,11 +303,13 @@ class Trainer:
                 if self.step % c.eval_interval == 0 or self.step == c.max_iters:
                     if self.step != resumed_at:  # a resumed run already evaluated this step
                         last_eval, self.last_eval_iter = self.evaluate(), self.step
+                        extra = {k: v for k, v in last_eval.items() if k not in ("train", "val")}
                         rec = {"iter": self.step, "train_loss": last_eval["train"], "val_loss": last_eval["val"],
-                               "lr": self.lr_at(self.step), "eval": True}
+                               "lr": self.lr_at(self.step), "eval": True, **extra}
                         logf.write(json.dumps(rec) + "\n")
                         logf.flush()
-                        say(f"step {self.step}: train loss {last_eval['train']:.4f}, val loss {last_eval['val']:.4f}")
+                        say(f"step {self.step}: train loss {last_eval['train']:.4f}, val loss {last_eval['val']:.4f}"
+                            + "".join(f", {k} {v:.4g}" for k, v in extra.items() if isinstance(v, float)))
                         self.best_val = min(self.best_val, last_eval["val"])
                         self.save()
                 if self.step >= c.max_iters or stop["flag"]:
@@ -304,8 +319,10 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 self.step += 1
                 if self.step % c.log_interval == 0 or self.step == 1:
+                    # a phase's own statistics of its last step (DPO's reward margins, PPO's clip fraction...)
                     rec = {"iter": self.step, "train_loss": loss, "lr": self.lr_at(self.step - 1),
-                           "ms_per_iter": dt * 1e3, "tokens_per_s": tokens_per_iter / dt}
+                           "ms_per_iter": dt * 1e3, "tokens_per_s": tokens_per_iter / dt,
+                           **(getattr(self.model, "last_stats", None) or {})}
                     logf.write(json.dumps(rec) + "\n")
                     logf.flush()
                 if bar is not None:

@@ -9,16 +9,9 @@ returns ``(logits, loss)``, so pre-training's loop trains it unchanged:
     reward = beta * (logps - ref)                                        the implicit reward
     loss   = mean over pairs of -log sigmoid(reward_chosen - reward_rejected)
 
-The reference is the policy as it was when wrapped, and never changes:
-- a plain GPT (--method full): a frozen deep copy, made before any step. It is a second copy of
-  the weights without gradients or optimizer state (a quarter more than full training's weights,
-  gradients and two AdamW moments), held outside the module tree, so parameters(), state_dict()
-  and the checkpoint hold the policy only.
-- a PeftModel (lora, qlora, adapter, prompt): the same model with its adapter switched off
-  (``PeftModel.disable_adapter()``), as TRL does when a PEFT model comes without ``ref_model``: the
-  frozen base *is* the reference, so there is no second copy.
-The reference runs under no_grad and in eval mode (no dropout), so it is deterministic. A batch is
-first cut to its longest sequence (``trim``), and the reference's log-prob of each row is cached
+The reference is the policy as it was when wrapped (align.phase.PolicyPhase: a frozen copy for
+--method full, the base with its adapter disabled for a PeftModel).
+A batch is first cut to its longest sequence (``trim``), and the reference's log-prob of each row is cached
 under a hash of the cut row: a batch whose rows are all cached skips the reference forward (a quarter
 to a third of a training step, half of an evaluation's forward). The Trainer's evaluations draw the same
 batches every time, so after the first they always skip it; training batches, drawn at random and
@@ -38,7 +31,6 @@ scripted judge always ranks lower (it prefers a correct reply). Pairs ranked fro
 samples come from the reward phase's pairs.jsonl instead (``read_jsonl(path, "preference")``)."""
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import string
@@ -49,11 +41,9 @@ from .. import backend
 from ..nn.module import Module
 from ..tensor import Tensor, host_array, no_grad
 from .losses import dpo_loss, sequence_logprobs
-from .phase import PhaseModel
+from .phase import REFERENCES, PolicyPhase
 from .preferences import last_token_index
 from .tasks import SPLITS, judge, task_split
-
-REFERENCES = ("copy", "adapter")
 
 __all__ = ["REFERENCES", "DPOModel", "trim", "evaluate_pairs", "corrupt_answer", "task_preference_pairs"]
 
@@ -65,7 +55,7 @@ def trim(x, y):
     return x[:, :w], y[:, :w]
 
 
-class DPOModel(PhaseModel):
+class DPOModel(PolicyPhase):
     """The policy (a GPT or a PeftModel, attribute ``model``) trained by DPO against a frozen reference.
 
     forward(x, y) -> (logps, loss): x, y (2B, T) as PreferenceData batches them; logps (2B,) the
@@ -73,48 +63,18 @@ class DPOModel(PhaseModel):
     the policy's, under "model.": the reference is neither trained nor saved."""
 
     def __init__(self, policy: Module, beta: float = 0.1, reference: str | None = None, cache_reference: bool = True):
-        """reference: "copy" (a frozen deep copy of the policy as it is now), "adapter" (a PeftModel
-        with its adapter disabled), or None: "adapter" for a PeftModel, else "copy". (A PeftModel
-        whose adapter was already trained, e.g. a LoRA SFT run trained on with --method full, needs
-        "copy": its disabled adapter is the model before SFT.)"""
+        """reference: "copy", "adapter" or None (the default for the policy: align.phase.PolicyPhase)."""
         if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
             raise ValueError(f"DPO: beta must be a finite number > 0, got {beta!r}")
-        from ..peft import PeftModel
-        if reference is None:
-            reference = "adapter" if isinstance(policy, PeftModel) else "copy"
-        if reference not in REFERENCES:
-            raise ValueError(f"DPO: reference must be one of {REFERENCES}, got {reference!r}")
-        if reference == "adapter" and not isinstance(policy, PeftModel):
-            raise ValueError(f"DPO: reference 'adapter' needs a PeftModel policy, got a {type(policy).__name__}")
-        PhaseModel.__init__(self, policy)
+        PolicyPhase.__init__(self, policy, reference, "DPO")
         self.beta = float(beta)
         self.cache_reference = cache_reference
         self.last_stats: dict = {}
         self._cache: dict[bytes, np.generic] = {}
-        # a tuple keeps the copy out of named_children(): not a parameter, not in the state dict
-        self._reference = () if reference == "adapter" else (copy.deepcopy(policy).requires_grad_(False).eval(),)
         self.train(policy.training)
-
-    # ---- what the Trainer asks of a model ---------------------------------------------------
-    @property
-    def reference(self) -> Module | None:
-        """The frozen copy, or None when the reference is the PeftModel with its adapter disabled."""
-        return self._reference[0] if self._reference else None
-
-    @property
-    def device(self) -> str:
-        return self.model.parameters()[0].device
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.__dict__.get("_reference"):
-            self.reference.eval()      # the reference never drops out
-        return self
 
     def to(self, device=None, dtype=None):
         super().to(device, dtype)
-        if self.reference is not None:
-            self.reference.to(device, dtype)
         self._cache.clear()            # a new dtype gives new values
         return self
 
@@ -126,17 +86,7 @@ class DPOModel(PhaseModel):
 
     @no_grad()
     def _reference_forward(self, x, y) -> np.ndarray:
-        if self.reference is not None:
-            logits, _ = self.reference(x, all_logits=True)
-        else:
-            was = self.model.training
-            self.model.eval()
-            try:
-                with self.model.disable_adapter():
-                    logits, _ = self.model(x, all_logits=True)
-            finally:
-                self.model.train(was)
-        return host_array(sequence_logprobs(logits, y).data)
+        return host_array(sequence_logprobs(self.reference_logits(x), y).data)
 
     def reference_logprobs(self, x, y) -> np.ndarray:
         """(N,) summed log-probs under the reference (NumPy, constants), from the cache when every
