@@ -59,16 +59,23 @@ def encode_conversation(messages: list[dict], tokenizer, template: ChatTemplate)
 class SFTData:
     """Tokenized conversations split into train and val, with a corpus's ``get_batch`` interface.
 
-    A batch holds ``batch_size`` conversations drawn at random, each cut to ``seq_len + 1`` tokens
-    (``truncated`` counts those longer) and padded on the right; x are the inputs, y the next
-    tokens where they belong to a reply, -1 elsewhere (prompt, padding)."""
+    A batch row holds one conversation drawn at random, cut to ``seq_len + 1`` tokens and padded
+    on the right; get_batch returns (x, y): x the inputs, y the next tokens where they belong to a
+    reply, -1 elsewhere (prompt, padding).
 
-    def __init__(self, train: list[dict], val: list[dict], tokenizer, source: str = "conversations"):
+    With ``packing``, a row holds several whole conversations back to back (drawn at random; one
+    that does not fit starts the next row; the rest padded), so short conversations waste little
+    of the row, and get_batch returns (x, y, segment_ids): segment_ids (B, T) number a row's
+    conversations 0, 1, ... (padding -1), for GPT.forward to keep each conversation from attending
+    to another and to restart positions at each one."""
+
+    def __init__(self, train: list[dict], val: list[dict], tokenizer, source: str = "conversations",
+                 packing: bool = False):
         if not train or not val:
             raise ValueError(f"SFT needs training and validation conversations, got {len(train)} and {len(val)}")
         template = chat_template_of(tokenizer)
         check_chat_tokens(tokenizer, template)
-        self.tokenizer, self.source = tokenizer, source
+        self.tokenizer, self.source, self.packing = tokenizer, source, packing
         self._splits = {name: [encode_conversation(c["messages"], tokenizer, template) for c in rows]
                         for name, rows in (("train", train), ("val", val))}
         self.pad_id = 0
@@ -93,16 +100,40 @@ class SFTData:
                                  f"{block_size} holds {block_size + 1}: raise --seq_len or shorten the data")
 
     def get_batch(self, split: str, batch_size: int, block_size: int, rng: np.random.Generator):
-        rows = self._splits["val" if split == "val" else "train"]
-        picks = rng.integers(0, len(rows), size=batch_size)
+        convos = self._splits["val" if split == "val" else "train"]
         x = np.full((batch_size, block_size), self.pad_id, dtype=np.int64)
         y = np.full((batch_size, block_size), IGNORE, dtype=np.int64)
-        for b, i in enumerate(picks):
-            ids, trained = rows[i]
-            n = min(len(ids), block_size + 1)
-            x[b, :n - 1] = ids[:n - 1]
-            y[b, :n - 1] = np.where(trained[1:n], ids[1:n], IGNORE)   # target t is token t+1: trained if it is
+        if self.packing:
+            return self._pack(convos, x, y, rng)
+        for b, i in enumerate(rng.integers(0, len(convos), size=batch_size)):
+            _put(x, y, b, 0, *convos[i])
         return x, y
+
+    @staticmethod
+    def _pack(convos, x, y, rng):
+        """Fill x and y's rows greedily with conversations drawn at random -> (x, y, segment_ids)."""
+        batch_size, block_size = x.shape
+        seg = np.full(x.shape, -1, dtype=np.int64)                      # (B, T): -1 is padding
+        b = at = k = 0   # row, its first free column, and the number of conversations in it
+        while True:
+            ids, trained = convos[rng.integers(0, len(convos))]
+            if at + min(len(ids) - 1, block_size) > block_size:      # it does not fit: next row
+                b, at, k = b + 1, 0, 0
+                if b == batch_size:
+                    return x, y, seg
+            n = _put(x, y, b, at, ids, trained)
+            seg[b, at:at + n] = k
+            at, k = at + n, k + 1
+
+
+def _put(x, y, b, at, ids, trained) -> int:
+    """Write one conversation into row b of x and y from column ``at``, cut to what the row has
+    left: inputs ids[:-1], targets the next token where it is trained, else IGNORE. Returns the
+    number of columns used."""
+    n = min(len(ids) - 1, x.shape[1] - at)
+    x[b, at:at + n] = ids[:n]
+    y[b, at:at + n] = np.where(trained[1:n + 1], ids[1:n + 1], IGNORE)   # target t is token t+1: trained if it is
+    return n
 
 
 def examples_to_conversations(rows: list[dict]) -> list[dict]:

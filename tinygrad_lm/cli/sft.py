@@ -20,6 +20,9 @@ def add_parser(sub) -> None:
                    help="instead of --data: the built-in instruction task (reverse, sort, uppercase, add, count)")
     s.add_argument("--task-size", "--task_size", dest="task_size", type=int, default=2000, metavar="N",
                    help="training examples of the built-in task (validation: a tenth as many, at least 50)")
+    s.add_argument("--packing", action="store_true",
+                   help="several whole conversations per row of --seq_len tokens, none attending to another "
+                        "(fewer padding tokens; attention then takes a slower masked path)")
 
 
 def data_spec(args) -> dict | None:
@@ -30,25 +33,29 @@ def data_spec(args) -> dict | None:
     if args.task:
         if args.task_size < 1:
             raise ValueError(f"--task-size must be a positive integer, got {args.task_size}")
-        return {"task": args.task, "train": args.task_size, "val": max(50, args.task_size // 10), "seed": args.seed}
-    if args.data:
-        return {"jsonl": str(Path(args.data).resolve())}
-    return None
+        spec = {"task": args.task, "train": args.task_size, "val": max(50, args.task_size // 10), "seed": args.seed}
+    elif args.data:
+        spec = {"jsonl": str(Path(args.data).resolve())}
+    else:
+        return None
+    return {**spec, "packing": args.packing}   # saved with the run: --resume packs (or not) as it did
 
 
 def build_data(spec: dict, tokenizer):
     from ..align.sft import SFTData, examples_to_conversations
+    packing = spec.get("packing", False)   # runs from before --packing have no such key
     if "task" in spec:
         from ..align.tasks import task_split
         train = examples_to_conversations(task_split("train", spec["train"], seed=spec["seed"]))
         val = examples_to_conversations(task_split("validation", spec["val"], seed=spec["seed"]))
-        return SFTData(train, val, tokenizer, source=f"the built-in task ({spec['train']} + {spec['val']} examples)")
+        return SFTData(train, val, tokenizer, source=f"the built-in task ({spec['train']} + {spec['val']} examples)",
+                       packing=packing)
     from ..align.jsonl import read_jsonl
     rows = read_jsonl(spec["jsonl"], "sft")
     if len(rows) < 2:
         raise ValueError(f"{spec['jsonl']}: {len(rows)} conversation(s); SFT needs at least 2 (train and validation)")
     n_val = max(1, round(len(rows) * VAL_SHARE))
-    return SFTData(rows[:-n_val], rows[-n_val:], tokenizer, source=spec["jsonl"])
+    return SFTData(rows[:-n_val], rows[-n_val:], tokenizer, source=spec["jsonl"], packing=packing)
 
 
 def run(args) -> int:

@@ -13,7 +13,8 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
-from ..nn import Block, Dropout, Embedding, KVCache, Linear, Module, ModuleDict, ModuleList, RoPE, sinusoidal_table
+from ..nn import (Block, Dropout, Embedding, KVCache, Linear, Module, ModuleDict, ModuleList, RoPE, packed_rows,
+                  sinusoidal_table)
 from ..nn.block import MLP_KINDS, make_norm
 from ..nn.layers import init_skipped, skip_init
 from ..nn.positional import ROPE_PAIRINGS, rope_frequencies
@@ -173,12 +174,14 @@ class GPT(Module):
         return 6 * self.num_params() + 12 * c.n_layer * c.n_head * c.hs * c.block_size
 
     # ---- forward ----------------------------------------------------------------------------
-    def hidden_states(self, idx, cache: KVCache | None = None):
+    def hidden_states(self, idx, cache: KVCache | None = None, segment_ids=None):
         """idx (B, T) token ids -> the final normalised hidden states (B, T, C), before the output
-        layer: what a reward or value head reads."""
-        ids = idx.data if isinstance(idx, Tensor) else idx
-        if not hasattr(ids, "shape"):  # lists; NumPy and CuPy arrays stay on their device
-            ids = np.asarray(ids)
+        layer: what a reward or value head reads.
+
+        segment_ids (B, T) integers: rows that pack several sequences (tokens with equal ids are one
+        sequence). Each token then attends only to earlier tokens of its own sequence, and positions
+        restart at each sequence, so every sequence gets the hidden states it would get alone."""
+        ids = _array(idx)
         if ids.ndim != 2 or ids.dtype.kind not in "iu":
             raise ValueError(f"GPT: idx must be a (B, T) integer array, got shape {ids.shape} dtype {ids.dtype}")
         B, T = ids.shape
@@ -190,35 +193,48 @@ class GPT(Module):
             raise ValueError(f"GPT: sequence of length {start + P + T} is longer than block_size "
                              f"{self.config.block_size}" + (f" ({P} of them virtual tokens)" if P else ""))
         tr = self.transformer
+        mask = packed = None   # packed rows: the attention mask and each row's own positions
+        if segment_ids is not None:
+            seg = _array(segment_ids)
+            if seg.shape != ids.shape or seg.dtype.kind not in "iu":
+                raise ValueError(f"GPT: segment_ids must be an integer array of idx's shape {ids.shape}, got shape "
+                                 f"{seg.shape} dtype {seg.dtype}")
+            if cache is not None:
+                raise ValueError("GPT: segment_ids pack several sequences into a training row; a KV cache "
+                                 "decodes one sequence per row")
+            # on the model's device, beside the position tables they index
+            mask, packed = packed_rows(backend.xp_of(tr.wte.weight.data).asarray(seg), P)  # (B,1,P+T,P+T), (B,P+T)
         x = tr.wte(ids)                                                    # (B, T, C)
         if P:
             x = concatenate([self.soft_prompt(B), x], axis=1)             # (B, P + T, C)
+        positions = np.arange(start, start + P + T) if packed is None else packed   # (P + T,) or (B, P + T)
         if self.config.pos == "learned":
-            x = x + tr.wpe(np.arange(start, start + P + T))                # (P + T, C) broadcast
+            x = x + tr.wpe(positions)                                      # (P + T, C) or (B, P + T, C)
         elif self._sinusoid is not None:
-            table = backend.to_device(self._sinusoid[start:start + P + T].astype(x.dtype), x.device)
-            x = x + Tensor._wrap(table, False)
+            table = self._sinusoid[backend.to_numpy(positions)].astype(x.dtype)   # (P + T, C) or (B, P + T, C)
+            x = x + Tensor._wrap(backend.to_device(table, x.device), False)
         x = tr.drop(x)
         for i, block in enumerate(tr.h):
-            x = block(x, start=start, cache=cache, layer=i)
+            x = block(x, start=start, cache=cache, layer=i, mask=mask, positions=packed)
         if cache is not None:
             cache.advance(P + T)
         if P:
             x = x[:, P:]                                                   # (B, T, C): real tokens only
         return tr.ln_f(x)                                                  # (B, T, C)
 
-    def forward(self, idx, targets=None, *, cache: KVCache | None = None, all_logits: bool = False):
+    def forward(self, idx, targets=None, segment_ids=None, *, cache: KVCache | None = None,
+                all_logits: bool = False):
         """idx (B, T) token ids -> (logits, loss).
 
         With targets: logits (B, T, V) and the mean cross-entropy (targets of -1 are ignored).
         Without: logits of the last position only, (B, 1, V), unless all_logits. A cache makes
-        idx continue the cached tokens (positions start at cache.pos)."""
-        x = self.hidden_states(idx, cache=cache)                           # (B, T, C)
+        idx continue the cached tokens (positions start at cache.pos). segment_ids (B, T): rows
+        packing several sequences, none attending to another (see hidden_states); third so that
+        a batch (x, y, segment_ids) of a packed batch source is called as model(*batch)."""
+        x = self.hidden_states(idx, cache=cache, segment_ids=segment_ids)  # (B, T, C)
         if targets is not None:
             logits = self.lm_head(x)                                       # (B, T, V)
-            t = targets.data if isinstance(targets, Tensor) else targets
-            t = t if hasattr(t, "shape") else np.asarray(t)
-            return logits, F.cross_entropy(logits, t, ignore_index=-1)
+            return logits, F.cross_entropy(logits, _array(targets), ignore_index=-1)
         return (self.lm_head(x) if all_logits else self.lm_head(x[:, -1:, :])), None   # (B, 1, V)
 
     # ---- optimisation -------------------------------------------------------------------------
@@ -306,6 +322,12 @@ class GPT(Module):
         prompt = _prompt_ids(idx).reshape(1, -1)
         for nxt in self._decode(prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, True):
             yield int(nxt[0])
+
+
+def _array(a):
+    """A Tensor's array, or a list as a NumPy array; NumPy and CuPy arrays stay on their device."""
+    a = a.data if isinstance(a, Tensor) else a
+    return a if hasattr(a, "shape") else np.asarray(a)
 
 
 def _prompt_ids(idx) -> np.ndarray:

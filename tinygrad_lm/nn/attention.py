@@ -1,7 +1,10 @@
-"""Causal multi-head self-attention with grouped-query heads, RoPE and a KV cache."""
+"""Causal multi-head self-attention with grouped-query heads, RoPE and a KV cache; the mask and
+positions of rows that pack several sequences."""
 from __future__ import annotations
 
+from .. import backend
 from .. import functional as F
+from ..ops.nn import causal_mask
 from ..tensor import Tensor
 from .layers import Dropout, Linear
 from .module import Module
@@ -73,7 +76,11 @@ class CausalSelfAttention(Module):
         self.resid_dropout = Dropout(dropout)
         self.rope = rope
 
-    def forward(self, x: Tensor, start: int = 0, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+    def forward(self, x: Tensor, start: int = 0, cache: KVCache | None = None, layer: int = 0,
+                mask=None, positions=None) -> Tensor:
+        """x (B, T, C) -> (B, T, C). mask (B, 1, T, T) bool and positions (B, T): rows that pack
+        several sequences (see packed_rows); a query then attends only to earlier keys where the
+        mask is True, and RoPE turns q and k by the given positions instead of start .. start+T-1."""
         B, T, _ = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         Q = nh * hs                                                            # = C unless head_dim was set
@@ -82,13 +89,14 @@ class CausalSelfAttention(Module):
         k = qkv[..., Q:Q + nkv * hs].reshape(B, T, nkv, hs).transpose(0, 2, 1, 3)   # (B, nkv, T, hs)
         v = qkv[..., Q + nkv * hs:].reshape(B, T, nkv, hs).transpose(0, 2, 1, 3)    # (B, nkv, T, hs)
         if self.rope is not None:
-            q, k = self.rope(q, start), self.rope(k, start)
+            q, k = self.rope(q, start, positions), self.rope(k, start, positions)
         if cache is not None:  # inference only: earlier keys/values come from the cache
             k_all, v_all = cache.update(layer, k.data, v.data)
             k, v = Tensor._wrap(k_all, False), Tensor._wrap(v_all, False)      # (B, nkv, start+T, hs)
         if nkv != nh:  # each kv head serves nh/nkv consecutive query heads
             k, v = (repeat_kv(t, nh // nkv) for t in (k, v))                  # (B, nh, Tk, hs)
-        y = F.scaled_dot_product_attention(q, k, v, causal=True)               # (B, nh, T, hs)
+        # without a mask this is the fused attention op (a fast kernel); a mask takes the readable path
+        y = F.scaled_dot_product_attention(q, k, v, causal=True, mask=mask)    # (B, nh, T, hs)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, Q)                           # (B, T, Q)
         return self.resid_dropout(self.c_proj(y))
 
@@ -101,3 +109,26 @@ def repeat_kv(t: Tensor, rep: int) -> Tensor:
     B, nkv, T, hs = t.shape
     return t.reshape(B, nkv, 1, T, hs).broadcast_to(B, nkv, rep, T, hs).reshape(B, nkv * rep, T, hs)
 
+
+
+def packed_rows(segment_ids, virtual: int = 0):
+    """Who may attend to whom, and at which position each token sits, in rows that pack several
+    sequences back to back: each token must see only earlier tokens of its own sequence, numbered
+    as if that sequence stood alone, so a packed row computes what the separate rows would.
+
+    segment_ids (B, T) integers: tokens with equal ids belong to one sequence. virtual: P soft-prompt
+    tokens put before the row, which every sequence sees first, as it would alone.
+    Returns mask (B, 1, P+T, P+T) bool (True: the key is the query's own sequence's or virtual;
+    broadcast over heads) and positions (B, P+T) int: 0..P-1 for the virtual tokens, then P + the
+    number of earlier tokens of the token's own sequence."""
+    xp = backend.xp_of(segment_ids)
+    B, T = segment_ids.shape
+    P = virtual
+    seen = (segment_ids[:, :, None] == segment_ids[:, None, :]) & causal_mask(T, T, xp)   # (B, T, T)
+    positions = P + seen.sum(axis=-1) - 1                                   # (B, T): itself counts once
+    if not P:
+        return seen[:, None], positions
+    mask = xp.ones((B, P + T, P + T), dtype=bool)   # virtual keys: seen by all (causality hides later ones)
+    mask[:, P:, P:] = seen
+    virtual_positions = xp.broadcast_to(xp.arange(P, dtype=positions.dtype), (B, P))
+    return mask[:, None], xp.concatenate([virtual_positions, positions], axis=1)   # (B, 1, P+T, P+T), (B, P+T)

@@ -67,7 +67,7 @@ class Block(Module):
         self.ln_2 = make_norm(norm, n_embd, bias, norm_eps)
         self.mlp = MLP(n_embd, mlp, bias=bias, dropout=dropout, hidden=mlp_hidden)
 
-    def forward(self, x, start: int = 0, cache=None, layer: int = 0):
-        x = x + self.attn(self.ln_1(x), start=start, cache=cache, layer=layer)
+    def forward(self, x, start: int = 0, cache=None, layer: int = 0, mask=None, positions=None):
+        x = x + self.attn(self.ln_1(x), start=start, cache=cache, layer=layer, mask=mask, positions=positions)
         return x + self.mlp(self.ln_2(x))
 

@@ -91,10 +91,13 @@ class RoPE:
             self._tables[key] = tuple(backend.to_device(t.astype(dtype), device) for t in (cos, sin))
         return self._tables[key]
 
-    def __call__(self, x: Tensor, start: int = 0) -> Tensor:
-        """Rotate x (..., T, head_dim) as if its rows sat at positions start .. start+T-1."""
+    def __call__(self, x: Tensor, start: int = 0, positions=None) -> Tensor:
+        """Rotate x (..., T, head_dim) as if its rows sat at positions start .. start+T-1, or, for
+        x (B, heads, T, hs), at each row's own positions (B, T) (packed rows, each below T)."""
         T = x.shape[-2]
         if start + T > self.max_len:
             raise ValueError(f"RoPE: positions up to {start + T} exceed the table of {self.max_len}")
         cos, sin = self._get(start + T, x.dtype, x.device)
+        if positions is not None:   # (B, T) -> (B, 1, T, hs): one row's angles serve all its heads
+            return F.rope(x, cos[positions][:, None], sin[positions][:, None], self.pairing)
         return F.rope(x, cos[start:start + T], sin[start:start + T], self.pairing)   # (..., T, hs)
