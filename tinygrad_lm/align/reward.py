@@ -35,7 +35,8 @@ from .preferences import _messages, last_token_index
 from .sft import chat_template_of, check_chat_tokens, encode_conversation
 from .tasks import answer, edit_distance, is_correct, judge
 
-__all__ = ["RewardModel", "render_reply", "evaluate_reward_model", "sample_replies", "judge_pairs"]
+__all__ = ["RewardModel", "render_reply", "evaluate_reward_model", "sample_reply_ids", "reply_text", "sample_replies",
+           "judge_pairs"]
 
 
 def render_reply(tokenizer, prompt, reply) -> np.ndarray:
@@ -163,13 +164,22 @@ def evaluate_reward_model(reward_model: RewardModel, data, split: str = "val", b
 
 # ---- the built-in raters: sample twice, let the scripted judge rank ------------------------------
 
+def prompt_ids(tokenizer, template, prompt) -> list[int]:
+    """The ids a reply is sampled after: ``prompt`` (a user message, or TRL's message list) through
+    the chat template, with the assistant header."""
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    return list(tokenizer.encode(template.render(messages, add_generation_prompt=True), allowed_special="all"))
+
+
 @no_grad()
-def sample_replies(model, tokenizer, prompts, n: int = 2, temperature: float = 1.0, top_k: int | None = None,
-                   max_new_tokens: int = 48, seed: int = 0, chunk: int = 32):
-    """Yield (prompt index, [n replies]) for every prompt, sampled with the KV-cached sampler and
-    cut at the chat template's end-of-turn token (ChatSession's stop tokens). Prompts go through
-    in chunks of ``chunk``, in order; within a chunk, prompts of the same token length share one
-    batch of n rows each (our GPT has no padding mask, so one batch is one length)."""
+def sample_reply_ids(model, tokenizer, prompts, n: int = 2, temperature: float = 1.0, top_k: int | None = None,
+                     max_new_tokens: int = 48, seed: int = 0, chunk: int = 32):
+    """Yield (prompt index, prompt ids (L,), [n reply id arrays]) for every prompt, in order: the
+    prompt rendered through the chat template with the assistant header, and replies sampled with
+    the KV-cached sampler, each cut after its first end-of-turn token (kept: the model chose to
+    stop there; a reply without one ran out of max_new_tokens). Prompts go through in chunks of
+    ``chunk``; within a chunk, prompts of the same token length share one batch of n rows each
+    (our GPT has no padding mask, so one batch is one length)."""
     template = chat_template_of(tokenizer)
     check_chat_tokens(tokenizer, template)
     stop_ids = end_of_turn_ids(template, tokenizer)
@@ -178,8 +188,7 @@ def sample_replies(model, tokenizer, prompts, n: int = 2, temperature: float = 1
     for start in range(0, len(prompts), chunk):
         groups: dict[int, list] = {}
         for i in range(start, min(start + chunk, len(prompts))):
-            text = template.render([{"role": "user", "content": prompts[i]}], add_generation_prompt=True)
-            ids = list(tokenizer.encode(text, allowed_special="all"))
+            ids = prompt_ids(tokenizer, template, prompts[i])
             if len(ids) >= room:
                 raise ValueError(f"prompt {i} is {len(ids)} tokens; the model's context is {room}")
             groups.setdefault(len(ids), []).append((i, ids))
@@ -187,15 +196,33 @@ def sample_replies(model, tokenizer, prompts, n: int = 2, temperature: float = 1
         for length, items in groups.items():
             x = np.array([ids for _, ids in items for _ in range(n)], dtype=np.int64)   # (k n, L)
             out = host_array(model.generate(x, min(max_new_tokens, room - length), temperature=temperature,
-                                       top_k=top_k, seed=int(rng.integers(2 ** 63)), stop=stop_ids))
-            for k, (i, _) in enumerate(items):
+                                            top_k=top_k, seed=int(rng.integers(2 ** 63)), stop=stop_ids))
+            for k, (i, ids) in enumerate(items):
                 replies = []
                 for row in out[k * n:(k + 1) * n, length:]:
                     ends = np.flatnonzero(np.isin(row, stop_ids))
-                    replies.append(tokenizer.decode(row[:ends[0] if ends.size else len(row)].tolist()))
-                done[i] = replies
+                    replies.append(row[:ends[0] + 1 if ends.size else len(row)].copy())
+                done[i] = (np.asarray(ids, dtype=np.int64), replies)
         for i in sorted(done):
-            yield i, done[i]
+            yield i, *done[i]
+
+
+def reply_text(tokenizer, reply_ids, stop_ids) -> str:
+    """A sampled reply's text, without its end-of-turn token."""
+    ids = list(reply_ids)
+    if ids and ids[-1] in stop_ids:
+        ids = ids[:-1]
+    return tokenizer.decode(ids)
+
+
+def sample_replies(model, tokenizer, prompts, n: int = 2, temperature: float = 1.0, top_k: int | None = None,
+                   max_new_tokens: int = 48, seed: int = 0, chunk: int = 32):
+    """Yield (prompt index, [n reply texts]) for every prompt: ``sample_reply_ids`` decoded, each
+    reply cut at the chat template's end-of-turn token (ChatSession's stop tokens)."""
+    stop_ids = end_of_turn_ids(chat_template_of(tokenizer), tokenizer)
+    for i, _, replies in sample_reply_ids(model, tokenizer, prompts, n, temperature, top_k, max_new_tokens, seed,
+                                          chunk):
+        yield i, [reply_text(tokenizer, r, stop_ids) for r in replies]
 
 
 def judge_pairs(model, tokenizer, prompts, n_pairs: int | None = None, temperature: float = 1.0, seed: int = 0,

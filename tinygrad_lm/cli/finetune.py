@@ -31,8 +31,9 @@ def add_parser(sub) -> None:
     add_phase_args(f, "UTF-8 text file or folder to adapt to", method="lora")
 
 
-def add_phase_args(f, data_help: str, method: str) -> None:
-    """The options of every fine-tuning phase (finetune, sft): base, data, method, run folder, training fields."""
+def add_phase_args(f, data_help: str, method: str, defaults: dict | None = None) -> None:
+    """The options of every fine-tuning phase (finetune, sft): base, data, method, run folder, training
+    fields (shown with fine-tuning's defaults, or the phase's own ``defaults`` over them)."""
     add_model_args(f, "fine-tune", required=False)   # --resume takes the base its run recorded
     f.add_argument("--data", metavar="PATH", help=data_help)
     f.add_argument("--method", choices=METHODS, default=method,
@@ -65,7 +66,7 @@ def add_phase_args(f, data_help: str, method: str) -> None:
     f.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="where to train")
     f.add_argument("--seed", type=int, default=1337, metavar="N", help="seed of the added weights and the batches")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_config_flags(f, (TrainConfig,), {**DEFAULTS, "learning_rate": None},
+    _add_config_flags(f, (TrainConfig,), {**DEFAULTS, **(defaults or {}), "learning_rate": None},
                       "training fields (as in `train`; learning_rate defaults by method: "
                       + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
 
@@ -87,7 +88,7 @@ def run(args) -> int:
 
 
 def run_phase(args, phase: str, data_spec: dict | None = None, build_data=None, wrap_model=None,
-              outputs: bool = True) -> int:
+              outputs: bool = True, defaults: dict | None = None) -> int:
     """A fine-tuning run of ``phase`` ("finetune", "sft", ...): the base plus a method, trained on
     --data's text, or on ``build_data(data_spec, tokenizer)`` (a batch source; the spec is saved
     with the run, so --resume rebuilds the same data). ``wrap_model(model, tokenizer)``: the module
@@ -95,10 +96,11 @@ def run_phase(args, phase: str, data_spec: dict | None = None, build_data=None, 
     fine-tuned model as its attribute ``model``, so the checkpoint's "model.*" entries are that
     model's (cli.common.load_model reads them back) and its other trained parameters sit beside.
     ``outputs=False``: no adapter or model folder beside the checkpoint (a reward model is its
-    checkpoint: the body alone, as an LM, would only mislead)."""
+    checkpoint: the body alone, as an LM, would only mislead). ``defaults``: the phase's own training
+    defaults over fine-tuning's (PPO: minibatches of 16 rollouts, the whole context)."""
     from ..tensor import manual_seed
     out = Path(args.out)
-    tvals = {**DEFAULTS}
+    tvals = {**DEFAULTS, **(defaults or {})}
     if args.resume:
         meta = load_checkpoint(out)["meta"]
         if "finetune" not in meta or meta["finetune"].get("phase", "finetune") != phase:
