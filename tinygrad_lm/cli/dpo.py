@@ -56,6 +56,15 @@ def policy_source(value: str) -> tuple[str, str]:
     return "model", value
 
 
+def take_policy(args) -> None:
+    """--policy as the base: sets args.ckpt or args.model (policy_source decides which)."""
+    if args.policy is not None:
+        if args.ckpt is not None or args.model is not None:
+            raise UsageError("--policy names the base as --ckpt or --model do: give one of them")
+        kind, value = policy_source(args.policy)
+        setattr(args, kind, value)
+
+
 def data_spec(args) -> dict | None:
     """What the run saves to rebuild its pairs and objective on --resume (None: resuming, the run's own)."""
     if args.resume:
@@ -111,11 +120,7 @@ def _split_fields(path) -> list:
 
 def run(args) -> int:
     from ..align.dpo import DPOModel, evaluate_pairs
-    if args.policy is not None:
-        if args.ckpt is not None or args.model is not None:
-            raise UsageError("--policy names the base as --ckpt or --model do: give one of them")
-        kind, value = policy_source(args.policy)
-        setattr(args, kind, value)
+    take_policy(args)
     made = {}
 
     def build(spec, tok):   # run_phase calls it first, with the spec saved in the run when resuming

@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 
 from .common import UsageError, load_checkpoint
-from .dpo import policy_source
+from .dpo import take_policy
 from .finetune import add_phase_args, run_phase
 
 VAL_SHARE = 0.1
@@ -110,11 +110,7 @@ def prompts_of(spec: dict) -> tuple[dict, str]:
 def run(args) -> int:
     from ..align.ppo import PPOModel, RolloutData, kl_controller
     from .reward import load_reward_model
-    if args.policy is not None:
-        if args.ckpt is not None or args.model is not None:
-            raise UsageError("--policy names the base as --ckpt or --model do: give one of them")
-        kind, value = policy_source(args.policy)
-        setattr(args, kind, value)
+    take_policy(args)
     if args.merge:
         raise UsageError("ppo: --merge does not apply; merge a LoRA policy afterwards with `finetune --merge`")
     if args.resume and (args.reward is not None or args.task or args.data):
