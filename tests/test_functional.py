@@ -15,7 +15,8 @@ from tinygrad_lm import Tensor, gradcheck
 GRADCHECKED = {"Softmax", "LogSoftmax", "CrossEntropy", "LayerNorm", "RMSNorm", "Gelu", "Silu", "Embedding",
                "Linear", "Attention", "Rope",  # Attention: the fused op sdpa uses without a mask (test_sdpa) "Attention",  # Attention: test_sdpa modes "none" and "causal"
                "F.softmax", "F.log_softmax", "F.cross_entropy", "F.layer_norm", "F.rms_norm", "F.gelu", "F.silu", "F.swiglu", "SwiGLU",
-               "F.relu", "F.rope", "F.dropout", "F.embedding", "F.linear", "F.scaled_dot_product_attention"}
+               "F.relu", "F.rope", "F.dropout", "F.embedding", "F.linear", "F.scaled_dot_product_attention",
+               "F.attention_scores"}
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +55,7 @@ def np_cross_entropy(logits, t, ignore_index=-100, reduction="mean"):
     return np.asarray(loss.sum() / max(valid.sum(), 1))
 
 
-def np_sdpa(q, k, v, causal=False, mask=None, scale=None):
+def np_attention_scores(q, k, causal=False, mask=None, scale=None):
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
     att = q @ np.swapaxes(k, -1, -2) * scale
     tq, tk = att.shape[-2:]
@@ -62,7 +63,11 @@ def np_sdpa(q, k, v, causal=False, mask=None, scale=None):
         att = np.where(np.arange(tk)[None, :] <= np.arange(tq)[:, None] + (tk - tq), att, -np.inf)
     if mask is not None:
         att = np.where(mask, att, -np.inf) if mask.dtype == bool else att + mask
-    return np_softmax(att) @ v
+    return att
+
+
+def np_sdpa(q, k, v, causal=False, mask=None, scale=None):
+    return np_softmax(np_attention_scores(q, k, causal, mask, scale)) @ v
 
 
 _erf = np.vectorize(math.erf)
@@ -404,6 +409,23 @@ def test_sdpa(data, mode, scale):
     if mask is not None:
         check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=causal, mask=Tensor(mask), scale=scale),
               lambda *_: ref, q, k, v)
+
+
+@given(data=st.data(), causal=st.booleans(), scale=st.sampled_from([None, 0.3]))
+def test_attention_scores(data, causal, scale):
+    """The scores sdpa's readable path softmaxes: masked entries -inf, the rest q k^T * scale.
+    gradcheck sees a float mask only (finite outputs); the causal -inf entries are checked by value."""
+    tq = data.draw(st.integers(1, 4))
+    tk = data.draw(st.integers(tq, 5))
+    d = data.draw(st.integers(1, 4))
+    q, k = data.draw(arrays((2, tq, d), -2, 2)), data.draw(arrays((2, tk, d), -2, 2))
+    mask = data.draw(arrays((tq, tk), -3, 0))
+    got = F.attention_scores(T(q), T(k), causal=causal, scale=scale).numpy()
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(np_attention_scores(q, k, causal, scale=scale)))
+    assert_close(np.where(np.isinf(got), 0, got), np.nan_to_num(np_attention_scores(q, k, causal, scale=scale),
+                                                                neginf=0), rtol=1e-10, atol=1e-12)
+    check(lambda q, k: F.attention_scores(q, k, mask=mask, scale=scale),
+          lambda q, k: np_attention_scores(q, k, mask=mask, scale=scale), q, k)
 
 
 def test_sdpa_causal_explicit():

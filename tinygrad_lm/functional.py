@@ -12,7 +12,8 @@ from .ops.nn import causal_mask
 from .tensor import Tensor, get_rng, where
 
 __all__ = ["softmax", "log_softmax", "cross_entropy", "layer_norm", "rms_norm", "gelu", "silu", "swiglu", "rope", "relu",
-           "dropout", "embedding", "linear", "scaled_dot_product_attention"]
+           "dropout", "embedding", "linear", "scaled_dot_product_attention",
+           "attention_scores"]
 
 
 def _axis(x: Tensor, axis: int, op: str) -> int:
@@ -155,9 +156,17 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"scaled_dot_product_attention: shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape} "
                          f"(need q[-1] == k[-1] and k[-2] == v[-2])")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if mask is None and q.shape[:-2] == k.shape[:-2] == v.shape[:-2]:
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
         return _nn.Attention.apply(q, k, v, scale=scale, causal=causal)   # fused, never keeps (Tq, Tk)
+    return softmax(attention_scores(q, k, causal, mask, scale), axis=-1) @ v   # (..., Tq, Dv)
+
+
+def attention_scores(q: Tensor, k: Tensor, causal: bool = False, mask=None, scale: float | None = None) -> Tensor:
+    """q @ k^T * scale with the entries a query may not see at -inf (or plus an additive float mask):
+    (..., Tq, Tk), what softmax turns into attention weights. The readable path of
+    scaled_dot_product_attention, kept apart so the scores can be looked at (tinygrad_lm.lens)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     att = (q @ k.swapaxes(-1, -2)) * scale                                  # (..., Tq, Tk)
     xp = backend.xp_of(q.data)
     if causal:
@@ -165,7 +174,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
     if mask is not None:
         m = mask.data if isinstance(mask, Tensor) else xp.asarray(mask)
         att = att.masked_fill(~m, -np.inf) if m.dtype == bool else att + Tensor._wrap(m.astype(att.dtype), False)
-    return softmax(att, axis=-1) @ v                                        # (..., Tq, Dv)
+    return att
 
 
 # re-exported so F.where works like the top-level function
