@@ -354,3 +354,9 @@ def implementation(op: str, arr):
 
 def reference(op: str):
     return _REFERENCE[op]
+
+
+def implementation_kind(impl) -> str:
+    """'reference' when ``impl`` (a pair implementation() returned) is a registered reference, else
+    'fast'. The profiler and draw_graph report it; nothing on an op's path calls it."""
+    return "reference" if any(impl is r for r in _REFERENCE.values()) else "fast"
