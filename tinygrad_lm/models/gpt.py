@@ -16,6 +16,7 @@ from .. import functional as F
 from ..nn import (Block, Dropout, Embedding, KVCache, Linear, Module, ModuleDict, ModuleList, RoPE, packed_rows,
                   sinusoidal_table)
 from ..nn.block import MLP_KINDS, make_norm
+from ..nn.hooks import HookPoint
 from ..nn.layers import init_skipped, skip_init
 from ..nn.positional import ROPE_PAIRINGS, rope_frequencies
 from ..sampling import check_sampling_args, sample
@@ -117,6 +118,7 @@ class GPT(Module):
             self.lm_head.weight = self.transformer.wte.weight
         self._sinusoid = sinusoidal_table(c.block_size, c.n_embd) if c.pos == "sinusoidal" else None
         self.soft_prompt = None  # prompt tuning (tinygrad_lm.peft) sets a module of virtual token embeddings
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()   # tinygrad_lm.lens (the rest are in the layers)
         if not init_skipped():
             self._init_weights()
 
@@ -207,12 +209,13 @@ class GPT(Module):
         x = tr.wte(ids)                                                    # (B, T, C)
         if P:
             x = concatenate([self.soft_prompt(B), x], axis=1)             # (B, P + T, C)
+        x = self.hook_embed(x)
         positions = np.arange(start, start + P + T) if packed is None else packed   # (P + T,) or (B, P + T)
         if self.config.pos == "learned":
-            x = x + tr.wpe(positions)                                      # (P + T, C) or (B, P + T, C)
+            x = x + self.hook_pos_embed(tr.wpe(positions))                 # (P + T, C) or (B, P + T, C)
         elif self._sinusoid is not None:
             table = self._sinusoid[backend.to_numpy(positions)].astype(x.dtype)   # (P + T, C) or (B, P + T, C)
-            x = x + Tensor._wrap(backend.to_device(table, x.device), False)
+            x = x + self.hook_pos_embed(Tensor._wrap(backend.to_device(table, x.device), False))
         x = tr.drop(x)
         for i, block in enumerate(tr.h):
             x = block(x, start=start, cache=cache, layer=i, mask=mask, positions=packed)
@@ -236,6 +239,19 @@ class GPT(Module):
             logits = self.lm_head(x)                                       # (B, T, V)
             return logits, F.cross_entropy(logits, _array(targets), ignore_index=-1)
         return (self.lm_head(x) if all_logits else self.lm_head(x[:, -1:, :])), None   # (B, 1, V)
+
+    # ---- looking inside (tinygrad_lm.lens) ------------------------------------------------------
+    def run_with_cache(self, idx, names=None, stop_at_layer: int | None = None, **forward_kwargs):
+        """-> (logits (B, T, V), {hook name: NumPy array}) of the hook points names asks for (None:
+        all); see tinygrad_lm.lens for the names, their equations and shapes."""
+        from ..lens import run_with_cache  # the lens sits above the model: imported only when asked
+        return run_with_cache(self, idx, names, stop_at_layer, **forward_kwargs)
+
+    def run_with_hooks(self, idx, hooks=(), **forward_kwargs):
+        """forward(idx, all_logits=True) with hooks [(name, fn(activation, name) -> None | replacement)]
+        attached for the call; see tinygrad_lm.lens."""
+        from ..lens import run_with_hooks
+        return run_with_hooks(self, idx, hooks, **forward_kwargs)
 
     # ---- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas=(0.9, 0.95), eps: float = 1e-8):

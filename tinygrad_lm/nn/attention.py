@@ -6,6 +6,7 @@ from .. import backend
 from .. import functional as F
 from ..ops.nn import causal_mask
 from ..tensor import Tensor
+from .hooks import HookPoint
 from .layers import Dropout, Linear
 from .module import Module
 
@@ -75,6 +76,9 @@ class CausalSelfAttention(Module):
         self.c_proj = Linear(q_dim, n_embd, bias=bias)
         self.resid_dropout = Dropout(dropout)
         self.rope = rope
+        # tinygrad_lm.lens hook points; q, k, v and z are shown as (B, T, heads, hs), TransformerLens's layout
+        self.hook_q, self.hook_k, self.hook_v, self.hook_z = (HookPoint(axes=(0, 2, 1, 3)) for _ in range(4))
+        self.hook_scores, self.hook_pattern = HookPoint(), HookPoint()
 
     def forward(self, x: Tensor, start: int = 0, cache: KVCache | None = None, layer: int = 0,
                 mask=None, positions=None) -> Tensor:
@@ -90,14 +94,20 @@ class CausalSelfAttention(Module):
         v = qkv[..., Q + nkv * hs:].reshape(B, T, nkv, hs).transpose(0, 2, 1, 3)    # (B, nkv, T, hs)
         if self.rope is not None:
             q, k = self.rope(q, start, positions), self.rope(k, start, positions)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)               # after RoPE; k, v before repeat_kv
         if cache is not None:  # inference only: earlier keys/values come from the cache
             k_all, v_all = cache.update(layer, k.data, v.data)
             k, v = Tensor._wrap(k_all, False), Tensor._wrap(v_all, False)      # (B, nkv, start+T, hs)
         if nkv != nh:  # each kv head serves nh/nkv consecutive query heads
             k, v = (repeat_kv(t, nh // nkv) for t in (k, v))                  # (B, nh, Tk, hs)
-        # without a mask this is the fused attention op (a fast kernel); a mask takes the readable path
-        y = F.scaled_dot_product_attention(q, k, v, causal=True, mask=mask)    # (B, nh, T, hs)
-        y = y.transpose(0, 2, 1, 3).reshape(B, T, Q)                           # (B, T, Q)
+        if self.hook_scores.active or self.hook_pattern.active:
+            # someone looks at the (T, Tk) matrix: the readable path, which has it
+            scores = self.hook_scores(F.attention_scores(q, k, causal=True, mask=mask))   # (B, nh, T, Tk)
+            y = self.hook_pattern(F.softmax(scores, axis=-1)) @ v              # (B, nh, T, hs)
+        else:
+            # without a mask this is the fused attention op (a fast kernel); a mask takes the readable path
+            y = F.scaled_dot_product_attention(q, k, v, causal=True, mask=mask)    # (B, nh, T, hs)
+        y = self.hook_z(y).transpose(0, 2, 1, 3).reshape(B, T, Q)              # (B, T, Q)
         return self.resid_dropout(self.c_proj(y))
 
     def extra_repr(self):

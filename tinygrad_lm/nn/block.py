@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .. import functional as F
 from .attention import CausalSelfAttention
+from .hooks import HookPoint
 from .layers import Dropout, LayerNorm, Linear, RMSNorm
 from .module import Module
 
@@ -31,14 +32,15 @@ class MLP(Module):
         self.c_fc = Linear(n_embd, 2 * hidden if kind == "swiglu" else hidden, bias=bias)
         self.c_proj = Linear(hidden, n_embd, bias=bias)
         self.dropout = Dropout(dropout)
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()   # tinygrad_lm.lens: before and after the activation
 
     def forward(self, x):
-        h = self.c_fc(x)                                                 # (B, T, hidden or 2*hidden)
+        h = self.hook_pre(self.c_fc(x))                                  # (B, T, hidden or 2*hidden)
         if self.kind == "swiglu":
             h = F.swiglu(h)                                              # silu(gate) * up: (B, T, hidden)
         else:
             h = F.gelu(h, approximate="tanh" if self.kind == "gelu_tanh" else "none")
-        return self.dropout(self.c_proj(h))
+        return self.dropout(self.c_proj(self.hook_post(h)))
 
     def extra_repr(self):
         return f"kind={self.kind!r}"
@@ -66,8 +68,14 @@ class Block(Module):
                                         head_dim=head_dim, qkv_bias=qkv_bias)
         self.ln_2 = make_norm(norm, n_embd, bias, norm_eps)
         self.mlp = MLP(n_embd, mlp, bias=bias, dropout=dropout, hidden=mlp_hidden)
+        # tinygrad_lm.lens hook points on the residual stream and on what each sub-layer adds to it
+        self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()
 
     def forward(self, x, start: int = 0, cache=None, layer: int = 0, mask=None, positions=None):
-        x = x + self.attn(self.ln_1(x), start=start, cache=cache, layer=layer, mask=mask, positions=positions)
-        return x + self.mlp(self.ln_2(x))
+        x = self.hook_resid_pre(x)                                       # (B, T, C)
+        attn_out = self.attn(self.ln_1(x), start=start, cache=cache, layer=layer, mask=mask, positions=positions)
+        x = self.hook_resid_mid(x + self.hook_attn_out(attn_out))
+        x = x + self.hook_mlp_out(self.mlp(self.ln_2(x)))
+        return self.hook_resid_post(x)
 

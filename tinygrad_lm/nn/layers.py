@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import functional as F
 from ..tensor import get_rng
+from .hooks import HookPoint
 from .module import Module, Parameter
 
 
@@ -82,9 +83,10 @@ class LayerNorm(Module):
         self.dim, self.eps = dim, eps
         self.weight = Parameter(np.ones(dim, dtype))
         self.bias = Parameter(np.zeros(dim, dtype)) if bias else None
+        self.hook_normalized = HookPoint()   # tinygrad_lm.lens: the output, scale and bias applied
 
     def forward(self, x):
-        return F.layer_norm(x, self.weight, self.bias, self.eps)
+        return self.hook_normalized(F.layer_norm(x, self.weight, self.bias, self.eps))
 
     def extra_repr(self):
         return f"({self.dim},), eps={self.eps}, bias={self.bias is not None}"
@@ -97,9 +99,10 @@ class RMSNorm(Module):
         super().__init__()
         self.dim, self.eps = dim, eps
         self.weight = Parameter(np.ones(dim, dtype))
+        self.hook_normalized = HookPoint()   # tinygrad_lm.lens: the output, scale applied
 
     def forward(self, x):
-        return F.rms_norm(x, self.weight, self.eps)
+        return self.hook_normalized(F.rms_norm(x, self.weight, self.eps))
 
     def extra_repr(self):
         return f"({self.dim},), eps={self.eps}"
