@@ -291,8 +291,32 @@ def _is_view_of(a, arrays) -> bool:
     return any(root is _root(b) for b in arrays)
 
 
+_busy: set = set()   # ids of the graph nodes inside a timed method now
+
+
+def _outermost(make_timed):
+    """Time a node's method only when the node is not inside one of its timed methods already
+    (GetItem's backward calls its own add_grad_into; a subclass's forward may call its parent's):
+    the outer call is the one recorded, once."""
+    def make(fn):
+        timed = make_timed(fn)
+
+        @functools.wraps(fn)
+        def method(ctx, *args, **kwargs):
+            key = id(ctx)
+            if key in _busy:
+                return fn(ctx, *args, **kwargs)
+            _busy.add(key)
+            try:
+                return timed(ctx, *args, **kwargs)
+            finally:
+                _busy.discard(key)
+        return method
+    return make
+
+
+@_outermost
 def _timed_forward(fn):
-    @functools.wraps(fn)
     def forward(ctx, *args, **kwargs):
         t0 = perf_counter()
         out = fn(ctx, *args, **kwargs)
@@ -311,8 +335,8 @@ def _timed_forward(fn):
     return forward
 
 
+@_outermost
 def _timed_backward(fn):
-    @functools.wraps(fn)
     def backward(ctx, g):
         t0 = perf_counter()
         grads = fn(ctx, g)
@@ -326,8 +350,8 @@ def _timed_backward(fn):
     return backward
 
 
+@_outermost
 def _timed_add_grad_into(fn):
-    @functools.wraps(fn)
     def add_grad_into(ctx, g, acc):
         t0 = perf_counter()
         out = fn(ctx, g, acc)
