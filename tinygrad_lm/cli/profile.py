@@ -84,7 +84,7 @@ def run(args) -> int:
         "training step: forward, loss, backward, clip_grad_norm, AdamW, zero_grad"
     source = args.ckpt or args.model
     print(f"{source}: {model.num_parameters():,} parameters; batch {args.batch_size} x {seq_len} tokens; {what}; "
-          f"{args.steps} steps after {args.warmup} warm-up; {kernels} kernels on {args.device}")
+          f"{_steps(args.steps)} after {args.warmup} warm-up; {kernels} kernels on {args.device}")
     print(p.table(steps=args.steps))
     if args.json:
         Path(args.json).write_text(json.dumps({
@@ -112,3 +112,7 @@ def _inference_step(model, data, seq_len: int, args):
         x, _ = data.get_batch("train", args.batch_size, seq_len, rng)
         model(backend.to_device(x, args.device))
     return step
+
+
+def _steps(n: int) -> str:
+    return f"{n} step" + ("" if n == 1 else "s")
