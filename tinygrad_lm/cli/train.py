@@ -8,16 +8,20 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..checkpoint import CKPT_NAME
-from ..models import GPTConfig
+from ..models import GPT, GPTConfig
 from ..models.gpt import NORM_KINDS, POS_KINDS
 from ..nn.block import MLP_KINDS
 from ..nn.positional import ROPE_PAIRINGS
 from ..presets import DEFAULT_PRESET, PRESETS, get_preset
+from ..tensor import manual_seed
 from ..tokenizers import TOKENIZER_KINDS
 from ..train import TrainConfig, Trainer, existing_run
 from .common import PROG, compile_notice, load_checkpoint, parse_bool, prompt_ids, stream
 
 DEFAULT_OUT = "out"
+# ChatML's turn markers (the chat template's default, tokenizers/chat.py): a model pre-trained with
+# them as single tokens can be instruction-tuned and stop at the end of its turn
+CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
 # flags written out by hand; every other GPTConfig / TrainConfig field becomes --name VALUE
 _EXPLICIT = {"out_dir", "data", "tokenizer", "bpe_vocab_size", "device", "seed", "vocab_size", "progress",
              "rope_scaling"}  # rope_scaling is a dict: it comes from pretrained configs, not from a flag
@@ -112,6 +116,10 @@ def add_parser(sub) -> None:
                         "trained on the training text first (cached), stored in the checkpoint")
     t.add_argument("--vocab_size", "--vocab-size", dest="bpe_vocab_size", type=int, default=4096, metavar="N",
                    help="tokens of the BPE vocabulary (with --tokenizer bpe)")
+    t.add_argument("--chat-tokens", "--chat_tokens", dest="chat_tokens", action="store_true",
+                   help="add ChatML's special tokens " + " and ".join(CHAT_TOKENS) + " to the byte or bpe tokenizer, "
+                        "so the model can later be instruction-tuned (`sft`) and chat (a --resume keeps the run's own "
+                        "tokenizer)")
     t.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET, metavar="{" + ",".join(PRESETS) + "}",
                    help="model and training recipe: " + "; ".join(f"{k}: {v['about']}" for k, v in PRESETS.items()))
     t.add_argument("--out", "--out_dir", dest="out_dir", default=None, metavar="DIR",
@@ -142,6 +150,23 @@ def _run_folder(args) -> str:
     return names[len(held)]
 
 
+def chat_tokenizer(kind: str, data, bpe_vocab_size: int, progress: bool = False):
+    """The ``kind`` tokenizer of a training run with CHAT_TOKENS added as special tokens after its
+    own (byte: ids 257, 258 after <|endoftext|>; bpe: the BPE `train` trains on the data, with two
+    more ids). A char tokenizer has no special tokens: ValueError."""
+    from ..tokenizers import DEFAULT_SPECIAL_TOKENS, BPETokenizer, ByteTokenizer
+    if kind == "byte":
+        return ByteTokenizer(list(DEFAULT_SPECIAL_TOKENS) + list(CHAT_TOKENS))
+    if kind == "bpe":
+        from ..data import load_dataset
+        # the BPE a plain `train --tokenizer bpe` would train (cached), then the chat tokens after its ids
+        bpe = load_dataset(data, tokenizer="bpe", bpe_vocab_size=bpe_vocab_size, progress=progress)[1]
+        added = [s for s in CHAT_TOKENS if s not in bpe.special_tokens]
+        specials = {**bpe.special_tokens, **{s: bpe.vocab_size + i for i, s in enumerate(added)}}
+        return BPETokenizer(bpe.vocab, bpe.merges, bpe.pattern, specials)
+    raise ValueError(f"--chat-tokens: a {kind} tokenizer has no special tokens; use --tokenizer byte or bpe")
+
+
 def run(args) -> int:
     preset = get_preset(args.preset)
     args.out_dir = _run_folder(args)
@@ -162,7 +187,13 @@ def run(args) -> int:
     tcfg = TrainConfig(out_dir=args.out_dir, data=args.data, tokenizer=args.tokenizer, device=args.device,
                        seed=args.seed, progress=not args.quiet, bpe_vocab_size=args.bpe_vocab_size, **tvals)
     GPTConfig(**{**mcfg, "vocab_size": 1})  # validate the model options before loading any data
-    trainer = Trainer(tcfg, mcfg, resume=args.resume, overwrite=args.overwrite, log=lambda s: print(s, flush=True))
+    model = tok = None
+    if args.chat_tokens and not args.resume:
+        tok = chat_tokenizer(args.tokenizer, args.data, args.bpe_vocab_size, not args.quiet)
+        manual_seed(args.seed)  # the same initial weights the Trainer would draw for this vocabulary
+        model = GPT(GPTConfig(**{**mcfg, "vocab_size": tok.vocab_size}))
+    trainer = Trainer(tcfg, mcfg, resume=args.resume, overwrite=args.overwrite, log=lambda s: print(s, flush=True),
+                      model=model, tokenizer=tok)
     m = trainer.model
     d = trainer.data
     print(f"data: {d.source}, {d.num_tokens:,} tokens ({len(d.train):,} train / {len(d.val):,} val), "
