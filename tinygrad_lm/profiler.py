@@ -75,6 +75,15 @@ class PhaseStats:
         if kernel is not None:
             self.kernels.add(kernel)
 
+    def merge(self, other: "PhaseStats") -> "PhaseStats":
+        """Add another's counts into this one (a row's phases together, the whole profile); returns self."""
+        self.calls += other.calls
+        self.seconds += other.seconds
+        self.flops = None if other.flops is None or self.flops is None else self.flops + other.flops
+        self.bytes += other.bytes
+        self.kernels |= other.kernels
+        return self
+
     def to_dict(self) -> dict:
         return {"calls": self.calls, "seconds": self.seconds, "flops": self.flops, "bytes": self.bytes,
                 "kernels": sorted(self.kernels)}
@@ -121,11 +130,7 @@ class profile:
         out = PhaseStats()
         for phases in self.ops.values():
             for s in phases.values():
-                out.calls += s.calls
-                out.seconds += s.seconds
-                out.flops = None if s.flops is None or out.flops is None else out.flops + s.flops
-                out.bytes += s.bytes
-                out.kernels |= s.kernels
+                out.merge(s)
         return out
 
     def to_dict(self) -> dict:
@@ -142,13 +147,13 @@ class profile:
             raise ValueError(f"table: steps must be a positive integer, got {steps!r}")
         rows = []
         for name, phases in self.ops.items():
-            fwd, bwd, call = (phases.get(k, PhaseStats()) for k in ("forward", "backward", "call"))
-            seconds = fwd.seconds + bwd.seconds + call.seconds
-            flops = None if None in (fwd.flops, bwd.flops, call.flops) else fwd.flops + bwd.flops + call.flops
-            rows.append((seconds, name, _kernel_text(phases), fwd.calls + call.calls,
-                         fwd.seconds if "forward" in phases else None,
-                         bwd.seconds if "backward" in phases else None,
-                         flops, fwd.bytes + bwd.bytes + call.bytes))
+            both = PhaseStats()
+            for s in phases.values():
+                both.merge(s)
+            fwd, bwd = phases.get("forward"), phases.get("backward")
+            calls = both.calls - (bwd.calls if bwd else 0)   # a row's calls: its forwards (or plain calls)
+            rows.append((both.seconds, name, _kernel_text(phases), calls, fwd and fwd.seconds, bwd and bwd.seconds,
+                         both.flops, both.bytes))
         rows.sort(key=lambda r: -r[0])
         wall = self.wall_s / steps
         width = max([len(r[1]) for r in rows] + [24])
@@ -162,17 +167,17 @@ class profile:
                          f"{_si(nbytes, steps):>7s} {_rate(flops, seconds):>7s}")
         total = self.total()
         lines.append("-" * len(head))
-        lines.append(f"{'all ops':{width}s} {'':14s} {_count(total.calls / steps):>7s} {'':9s} {'':9s} "
+        lines.append(f"{'all ops':{width}s} {'':14s} {_count(sum(r[3] for r in rows) / steps):>7s} {'':9s} {'':9s} "
                      f"{ms(total.seconds):>9s} {_share(total.seconds / steps, wall):>6s} "
                      f"{_si(total.flops, steps):>7s} {_si(total.bytes, steps):>7s} "
                      f"{_rate(total.flops, total.seconds):>7s}")
+        lead = len(head.split("total ms")[0]) - 2    # these lines' labels span the columns before "total ms"
         rest = self.wall_s - total.seconds - self.overhead_s
-        lines.append(f"{'rest (Python between ops, autograd walk, data)':{width + 43}s} {ms(rest)} "
-                     f"{_share(rest / steps, wall):>6s}")
-        lines.append(f"{'the profiler itself (absent without a profile)':{width + 43}s} {ms(self.overhead_s)} "
-                     f"{_share(self.overhead_s / steps, wall):>6s}")
         per = f" per step ({steps} steps)" if steps > 1 else ""
-        lines.append(f"{'wall time inside the profile' + per:{width + 43}s} {ms(self.wall_s)}")
+        for label, seconds in (("rest (Python between ops, autograd walk, data)", rest),
+                               ("the profiler itself (absent without a profile)", self.overhead_s),
+                               ("wall time inside the profile" + per, self.wall_s)):
+            lines.append(f"{label:{lead}s} {ms(seconds)} {_share(seconds / steps, wall):>6s}")
         lines.append(KERNEL_LEGEND)
         return "\n".join(lines)
 
