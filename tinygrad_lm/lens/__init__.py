@@ -53,7 +53,8 @@ Analyses (analysis.py, embeddings.py): logit_lens, direct_logit_attribution (the
 frozen: see its docstring), top_k_next_tokens, token_losses, head_ablation / head_ablation_effects,
 nearest_tokens, embedding_pca."""
 from .analysis import (LogitAttribution, all_logits, direct_logit_attribution, head_ablation, head_ablation_effects,
-                       logit_lens, residual_names, token_losses, top_k, top_k_next_tokens, unembed)
+                       logit_lens, next_token_losses, residual_names, token_losses, top_k, top_k_next_tokens,
+                       unembed)
 from .embeddings import embedding_pca, nearest_tokens
 from .hooks import ActivationCache, as_gpt, hook_points, hooked, resolve_names, run_with_cache, run_with_hooks
 from ..profiler import profile   # the op profiler lives low (tinygrad_lm.profile); here for the lens's readers
@@ -61,6 +62,6 @@ from .graph import draw_graph
 
 __all__ = ["run_with_cache", "run_with_hooks", "hooked", "hook_points", "resolve_names", "ActivationCache", "as_gpt",
            "logit_lens", "unembed", "residual_names", "direct_logit_attribution", "LogitAttribution",
-           "top_k_next_tokens", "top_k", "all_logits", "token_losses", "head_ablation", "head_ablation_effects",
+           "top_k_next_tokens", "top_k", "all_logits", "token_losses", "next_token_losses", "head_ablation", "head_ablation_effects",
            "nearest_tokens", "embedding_pca"]
 __all__ += ["draw_graph", "profile"]
