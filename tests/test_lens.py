@@ -159,6 +159,23 @@ def test_packed_rows_hide_other_sequences_in_the_pattern():
     np.testing.assert_allclose(pattern.sum(axis=-1), 1, rtol=1e-6)
 
 
+def test_position_embeddings_and_a_kv_cache():
+    tg.manual_seed(0)
+    sin = GPT(GPTConfig(vocab_size=V, block_size=64, n_layer=1, n_head=2, n_embd=8, pos="sinusoidal")).eval()
+    ids = ids_of(T=5)
+    _, cache = sin.run_with_cache(ids, names=["hook_pos_embed"])
+    np.testing.assert_array_equal(cache["hook_pos_embed"], sin._sinusoid[:5].astype(np.float32))
+    model = model_of("gpt2")
+    _, cache = model.run_with_cache(ids, names=["hook_pos_embed"], segment_ids=np.array([[0, 0, 1, 1, 1]] * 2))
+    np.testing.assert_array_equal(cache["hook_pos_embed"][:, 2], model.transformer.wpe.weight.data[[0, 0]])   # restarts
+    # generation inside hooked: each step's query sees every cached key
+    shapes = []
+    with lens.hooked(model, [("blocks.0.attn.hook_pattern", lambda a, name: shapes.append(a.shape))]):
+        out = model.generate(ids[:1, :3], 2, temperature=0)
+    assert shapes == [(1, NH, 3, 3), (1, NH, 1, 4)]
+    np.testing.assert_array_equal(out.data, model.generate(ids[:1, :3], 2, temperature=0).data)
+
+
 # ---- hooks -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -294,6 +311,13 @@ def test_direct_logit_attribution_adds_up_to_the_logit(family):
         np.testing.assert_allclose(a.logit, want, rtol=1e-6)
         np.testing.assert_allclose(a.total(), want, rtol=1e-4, atol=1e-4)
         assert (a.norm_bias == 0).all() == (family == "llama") and (a.pos_embed == 0).all() == (family == "llama")
+    # the frozen-scale norm of the pieces, plus the bias, is the norm of their sum
+    x = np.random.default_rng(3).normal(size=(2, C)).astype(np.float32)
+    parts = np.stack([0.3 * x, x - 0.3 * x - 1.0, np.ones_like(x)], axis=1)      # (B, 3, C), summing to x
+    ln_f = model.transformer.ln_f
+    bias = ln_f.bias.data if getattr(ln_f, "bias", None) is not None else 0
+    np.testing.assert_allclose(lens.frozen_norm(ln_f, x, parts).sum(axis=1) + bias, ln_f(tg.Tensor(x)).data,
+                               rtol=1e-5, atol=1e-5)
     # the heads and the bias are the attention output, split
     _, cache = model.run_with_cache(ids, names=["blocks.0.attn.hook_z", "blocks.0.hook_attn_out"])
     heads, bias = lens.analysis._head_outputs(model.transformer.h[0].attn, cache["blocks.0.attn.hook_z"][:, 3], "cpu")

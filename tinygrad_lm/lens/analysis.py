@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import backend
 from ..nn import CausalSelfAttention, RMSNorm
 from ..tensor import Tensor, host_array, no_grad
 from .hooks import as_gpt, run_with_cache, run_with_hooks
@@ -167,14 +168,26 @@ def _head_outputs(attn: CausalSelfAttention, z: np.ndarray, device) -> tuple[np.
     return out[:, :nh] - bias[:, None], bias
 
 
+def frozen_norm(norm, x: np.ndarray, pieces: np.ndarray) -> np.ndarray:
+    """The pieces (B, n, C) of residuals x (B, C) through the norm with its scale s frozen at x's:
+    LayerNorm (p - mean(p)) / s * w, s = sqrt(var(x) + eps); RMSNorm p / s * w, s = sqrt(mean(x^2) + eps).
+    The bias is left out (it is not any piece's). -> (B, n, C) float64; summed over n, plus the bias,
+    it is norm(x)."""
+    x, pieces = x.astype(np.float64), pieces.astype(np.float64)
+    if not isinstance(norm, RMSNorm):                                      # LayerNorm: centring is linear too
+        x = x - x.mean(axis=-1, keepdims=True)
+        pieces = pieces - pieces.mean(axis=-1, keepdims=True)
+    s = np.sqrt((x ** 2).mean(axis=-1) + norm.eps)                         # (B,)
+    return pieces / s[:, None, None] * host_array(norm.weight).astype(np.float64)
+
+
 def direct_logit_attribution(model, idx, target, pos: int = -1) -> LogitAttribution:
     """Split the logit of token ``target`` (or, for target = (a, b), logit[a] - logit[b]) at real
     position ``pos`` among what wrote the final residual stream x: the embeddings, every attention
     head, every attention output bias, every MLP, and the final norm's bias.
 
     Convention (frozen scale): the final norm is linear once its scale s is frozen at the value the
-    whole x gives. LayerNorm: LN(x) = (x - mean(x)) / s * w + b, s = sqrt(var(x) + eps); RMSNorm:
-    x / s * w, s = sqrt(mean(x^2) + eps). With x = sum of pieces p, each piece contributes
+    whole x gives (see frozen_norm). With x = sum of pieces p, each piece contributes
     ((p - mean(p)) / s * w) . u (RMSNorm: (p / s * w) . u), u the output layer's row for the target
     (u_a - u_b for a difference), and the norm's bias b . u; the contributions sum to the logit.
     A head's piece is z_h W_O^h, its slice of the output projection. Needs plain attention layers (a
@@ -188,16 +201,18 @@ def direct_logit_attribution(model, idx, target, pos: int = -1) -> LogitAttribut
     V = gpt.config.vocab_size
     if len(tokens) not in (1, 2) or not all(0 <= t < V for t in tokens):
         raise ValueError(f"target must be a token id or a pair (a, b) of token ids in [0, {V}), got {target!r}")
-    L = gpt.config.n_layer
-    blocks = list(gpt.transformer.h)
+    L, blocks = gpt.config.n_layer, list(gpt.transformer.h)
     for layer, block in enumerate(blocks):
         if not isinstance(block.attn, CausalSelfAttention):
             raise ValueError(f"direct_logit_attribution: block {layer}'s attention is wrapped "
                              f"({type(block.attn).__name__}); the split by head needs the plain attention layer")
-    names = ["hook_embed", f"blocks.{L - 1}.hook_resid_post"]
-    names += ["hook_pos_embed"] if gpt.config.pos != "rope" else []
+    names = ["hook_embed", f"blocks.{L - 1}.hook_resid_post"] + (["hook_pos_embed"] if gpt.config.pos != "rope" else [])
     names += [f"blocks.{layer}.{h}" for layer in range(L) for h in ("attn.hook_z", "hook_mlp_out")]
-    device = gpt.transformer.wte.weight.device
+    device, ln_f = gpt.transformer.wte.weight.device, gpt.transformer.ln_f
+
+    def target_logit(logits):                                              # (..., V) -> (...)
+        return logits[..., tokens[0]] - (logits[..., tokens[1]] if len(tokens) == 2 else 0)
+
     with inference(model):
         logits, cache = run_with_cache(model, ids, names)
         t = gpt.num_virtual_tokens + pos % T                               # the position in the hooks' frame
@@ -210,25 +225,16 @@ def direct_logit_attribution(model, idx, target, pos: int = -1) -> LogitAttribut
                   np.concatenate(heads, axis=1), np.stack(biases, axis=1),
                   np.stack([cache[f"blocks.{layer}.hook_mlp_out"][:, t] for layer in range(L)], axis=1)]
         sizes = [p.shape[1] for p in pieces]
-        ln_f = gpt.transformer.ln_f
-        x64 = x.astype(np.float64)
-        rms_norm = isinstance(ln_f, RMSNorm)
-        centre = (lambda p: p) if rms_norm else (lambda p: p - p.mean(axis=-1, keepdims=True))
-        s = np.sqrt((x64 ** 2 if rms_norm else centre(x64) ** 2).mean(axis=-1) + ln_f.eps)   # (B,)
-        w = host_array(ln_f.weight).astype(np.float64)
-        normed = centre(np.concatenate(pieces, axis=1).astype(np.float64)) / s[:, None, None] * w   # (B, n, C)
-        bias = host_array(ln_f.bias) if not rms_norm and ln_f.bias is not None else np.zeros_like(w)
-        # the norm's bias (not scaled) and a zero row, whose logits (an output-layer bias, if any) come off
-        rows = np.concatenate([normed, np.broadcast_to(bias, (B, 1, bias.size)), np.zeros((B, 1, w.size))], axis=1)
-        out = host_array(gpt.lm_head(Tensor(rows.astype(x.dtype), device=device)))   # (B, n + 2, V)
-        out = out[..., tokens[0]] - (out[..., tokens[1]] if len(tokens) == 2 else 0)   # (B, n + 2)
+        normed = frozen_norm(ln_f, x, np.concatenate(pieces, axis=1))     # (B, n, C)
+        bias = host_array(ln_f.bias) if getattr(ln_f, "bias", None) is not None else np.zeros(x.shape[-1])
+        # then the norm's bias, and a zero row: its logits (an output-layer bias, if any) come off every row
+        rows = np.concatenate([normed, np.broadcast_to(bias, (B, 1, bias.size)), np.zeros((B, 1, bias.size))], axis=1)
+        out = target_logit(host_array(gpt.lm_head(Tensor(rows.astype(x.dtype), device=device))))   # (B, n + 2)
         out = (out[:, :-1] - out[:, -1:]).astype(np.float64)
-        model_logits = host_array(logits)[:, pos]
-        logit = model_logits[:, tokens[0]] - (model_logits[:, tokens[1]] if len(tokens) == 2 else 0)
+        logit = target_logit(host_array(logits)[:, pos]).astype(np.float64)
     embed, pos_part, head_part, bias_part, mlp_part = np.split(out[:, :-1], np.cumsum(sizes)[:-1], axis=1)
     return LogitAttribution(embed=embed[:, 0], pos_embed=pos_part[:, 0], heads=head_part.reshape(B, L, -1),
-                            attn_bias=bias_part, mlp=mlp_part, norm_bias=out[:, -1],
-                            logit=logit.astype(np.float64))
+                            attn_bias=bias_part, mlp=mlp_part, norm_bias=out[:, -1], logit=logit)
 
 
 # ---- ablation --------------------------------------------------------------------------------------
@@ -266,7 +272,7 @@ def head_ablation_effects(model, idx, layers=None, mode: str = "zero") -> np.nda
             raise ValueError(f"layer {layer} is outside 0 .. {L - 1}")
 
     def each_copy_its_head(z, name):                                       # z (nh * B, T, nh, hs)
-        return np.concatenate([head_ablation(h, mode)(z[h * B:(h + 1) * B], name) for h in range(nh)])
+        return backend.xp_of(z).concatenate([head_ablation(h, mode)(z[h * B:(h + 1) * B], name) for h in range(nh)])
 
     effects = np.full((L, nh), np.nan)
     with inference(model):
