@@ -383,6 +383,14 @@ def test_embedding_neighbours_and_pca():
     assert lens.embedding_pca(model, [1, 5, 9])[0].shape == (3, 2)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         lens.nearest_tokens(model, V)
+    many, many_cos = lens.nearest_tokens_of_each(model, [3, 7, 3], k=5)    # one pass, row by row the same
+    assert many.shape == many_cos.shape == (3, 5)
+    for row, t in enumerate([3, 7, 3]):
+        one, one_cos = lens.nearest_tokens(model, t, k=5)
+        np.testing.assert_array_equal(many[row], one)
+        np.testing.assert_allclose(many_cos[row], one_cos, rtol=1e-12)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        lens.nearest_tokens_of_each(model, [1, -1])
 
 
 # ---- against transformers ----------------------------------------------------------------------------

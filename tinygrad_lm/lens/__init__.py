@@ -51,11 +51,11 @@ Notes on the table:
 
 Analyses (analysis.py, embeddings.py): logit_lens, direct_logit_attribution (the final norm's scale
 frozen: see its docstring), top_k_next_tokens, token_losses, head_ablation / head_ablation_effects,
-nearest_tokens, embedding_pca."""
+nearest_tokens (nearest_tokens_of_each for many tokens in one pass), embedding_pca."""
 from .analysis import (LogitAttribution, all_logits, direct_logit_attribution, frozen_norm, head_ablation,
                        head_ablation_effects, logit_lens, next_token_losses, residual_names, token_losses, top_k,
                        top_k_next_tokens, unembed)
-from .embeddings import embedding_pca, nearest_tokens
+from .embeddings import embedding_pca, nearest_tokens, nearest_tokens_of_each
 from .hooks import ActivationCache, as_gpt, hook_points, hooked, resolve_names, run_with_cache, run_with_hooks
 from ..profiler import profile   # the op profiler lives low (tinygrad_lm.profile); here for the lens's readers
 from .graph import draw_graph
@@ -63,5 +63,5 @@ from .graph import draw_graph
 __all__ = ["run_with_cache", "run_with_hooks", "hooked", "hook_points", "resolve_names", "ActivationCache", "as_gpt",
            "logit_lens", "unembed", "residual_names", "direct_logit_attribution", "LogitAttribution", "frozen_norm",
            "top_k_next_tokens", "top_k", "all_logits", "token_losses", "next_token_losses", "head_ablation",
-           "head_ablation_effects", "nearest_tokens", "embedding_pca"]
+           "head_ablation_effects", "nearest_tokens", "nearest_tokens_of_each", "embedding_pca"]
 __all__ += ["draw_graph", "profile"]

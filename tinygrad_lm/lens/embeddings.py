@@ -16,26 +16,43 @@ def embedding_matrix(model) -> np.ndarray:
 def nearest_tokens(model, query, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """The k tokens whose embeddings point most nearly the way ``query`` does -> (token ids (k,),
     cosine similarities (k,)), most similar first. query: a token id (left out of its own answer)
-    or a vector (C,), e.g. W_E[a] - W_E[b] + W_E[c]."""
-    W = embedding_matrix(model)
-    V, C = W.shape
+    or a vector (C,), e.g. W_E[a] - W_E[b] + W_E[c]. For many token ids use nearest_tokens_of_each."""
     if np.ndim(query) == 0:
-        token = int(query)
-        if not 0 <= token < V:
-            raise ValueError(f"nearest_tokens: token id {token} is outside the vocabulary [0, {V})")
-        q = W[token]
-    else:
-        q = np.asarray(query, dtype=np.float64)
-        if q.shape != (C,):
-            raise ValueError(f"nearest_tokens: a query vector must have shape ({C},), got {q.shape}")
-        token = None
-    norms = np.linalg.norm(W, axis=1) * np.linalg.norm(q)
-    cos = W @ q / np.where(norms == 0, 1, norms)                           # (V,)
-    if token is not None:
-        cos[token] = -np.inf                                               # a token is not its own neighbour
-    k = min(int(k), V - (token is not None))
-    best = np.argsort(-cos, kind="stable")[:k]
-    return best, cos[best]
+        ids, cos = nearest_tokens_of_each(model, [query], k)
+        return ids[0], cos[0]
+    W = embedding_matrix(model)
+    q = np.asarray(query, dtype=np.float64)
+    if q.shape != (W.shape[1],):
+        raise ValueError(f"nearest_tokens: a query vector must have shape ({W.shape[1]},), got {q.shape}")
+    ids, cos = _nearest(W, q[None], None, k)
+    return ids[0], cos[0]
+
+
+def nearest_tokens_of_each(model, tokens, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """nearest_tokens for several token ids at once -> (ids (n, k), cosines (n, k)), row i for
+    tokens[i] (left out of its own row). One pass over the embedding matrix for all of them: on a
+    large vocabulary reading the matrix costs far more than the n dot products."""
+    W = embedding_matrix(model)
+    tokens = np.asarray(tokens).reshape(-1)
+    V = len(W)
+    if tokens.dtype.kind not in "iu":
+        raise ValueError(f"nearest_tokens: token ids must be integers, got dtype {tokens.dtype}")
+    bad = tokens[(tokens < 0) | (tokens >= V)]
+    if bad.size:
+        raise ValueError(f"nearest_tokens: token id {bad[0]} is outside the vocabulary [0, {V})")
+    return _nearest(W, W[tokens], tokens, k)
+
+
+def _nearest(W: np.ndarray, queries: np.ndarray, exclude, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k embeddings (rows of W) most cosine-similar to each query row (n, C); row i leaves out
+    token exclude[i] (exclude None: nothing left out)."""
+    norms = np.linalg.norm(W, axis=1)[:, None] * np.linalg.norm(queries, axis=1)[None, :]
+    cos = (W @ queries.T / np.where(norms == 0, 1, norms)).T               # (n, V)
+    if exclude is not None:
+        cos[np.arange(len(cos)), exclude] = -np.inf                        # a token is not its own neighbour
+    k = min(int(k), W.shape[0] - (exclude is not None))
+    best = np.argsort(-cos, axis=1, kind="stable")[:, :k]
+    return best, np.take_along_axis(cos, best, axis=1)
 
 
 def embedding_pca(model, tokens=None) -> tuple[np.ndarray, np.ndarray]:
