@@ -218,9 +218,11 @@ def attention_json(data: ReportData) -> dict:
     """What the page's script draws: the labels of the positions and, per embedded layer and head,
     the causal rows of the pattern (row q: its weights on keys 0 .. q, rounded to ROUND decimals)."""
     labels = [f"[virtual {i}]" for i in range(data.virtual)] + [token_label(data.texts[t]) for t in data.ids.tolist()]
+    # rounded in float64: a rounded float32 prints as 0.12340000271797180 in JSON
+    rounded = [np.round(data.patterns[layer].astype(np.float64), ROUND) for layer in data.attn_layers]
     return {"labels": labels, "layers": data.attn_layers, "decimals": ROUND,
-            "patterns": [[[np.round(p[h, q, :q + 1], ROUND).tolist() for q in range(p.shape[1])]
-                          for h in range(p.shape[0])] for p in (data.patterns[layer] for layer in data.attn_layers)]}
+            "patterns": [[[p[h, q, :q + 1].tolist() for q in range(p.shape[1])] for h in range(p.shape[0])]
+                         for p in rounded]}
 
 
 def _prompt_section(data: ReportData) -> str:
