@@ -141,7 +141,7 @@ def test_embedded_numbers_are_the_lens_analyses(case):
     T = ids.shape[1]
     data = attention_data(Page(page))
     _, cache = model.run_with_cache(ids, names=lambda n: n.endswith("hook_pattern"))
-    assert data["layers"] == list(range(L)) and len(data["labels"]) == T
+    assert data["layers"] == list(range(L)) and len(data["labels"]) == T and data["scale"] == 10 ** report.ROUND
     assert data["labels"] == [report.token_label(report.token_text(tok, t)) for t in ids[0].tolist()]
     for i, layer in enumerate(data["layers"]):
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]          # (NH, T, T)
@@ -150,7 +150,8 @@ def test_embedded_numbers_are_the_lens_analyses(case):
             rows = data["patterns"][i][h]
             assert [len(r) for r in rows] == list(range(1, T + 1))        # the causal triangle
             for q in range(T):
-                np.testing.assert_allclose(rows[q], pattern[h, q, :q + 1], atol=0.5 * 10 ** -report.ROUND + 1e-6)
+                np.testing.assert_allclose(np.array(rows[q]) / data["scale"], pattern[h, q, :q + 1],
+                                           atol=0.5 / data["scale"] + 1e-6)
             assert np.all(pattern[h][np.triu_indices(T, 1)] == 0)         # nothing left out above it
     d = report.collect(model, tok, PROMPT, k=3)
     top_ids, top_p = lens.top_k_next_tokens(model, ids, k=3)
