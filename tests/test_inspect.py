@@ -28,6 +28,7 @@ from tinygrad_lm import cli, lens
 from tinygrad_lm.checkpoint import save_checkpoint
 from tinygrad_lm.lens import report
 from tinygrad_lm.models import GPT, GPTConfig
+from tinygrad_lm.peft import PromptTuningConfig, get_peft_model
 from tinygrad_lm.tokenizers import ByteTokenizer, CharTokenizer
 
 FAMILIES = {
@@ -180,6 +181,16 @@ def test_caps_are_applied_and_said(monkeypatch):
     assert d.attn_layers == [0] and "embedded for 1 of 2 layers (0)" in report.render_html(d)
     with pytest.raises(ValueError, match="outside 0 .. 1"):
         report.collect(model, tok, PROMPT, layers=[2])
+
+
+def test_soft_prompt_positions_are_labelled():
+    tok = SpecialsAllowed()
+    model = get_peft_model(model_of("gpt2", tok.vocab_size), PromptTuningConfig(num_virtual_tokens=3))
+    d = report.collect(model, tok, "Hi there")
+    assert d.virtual == 3 and d.patterns[0].shape == (NH, 3 + 8, 3 + 8) and d.lens_ids.shape == (L + 1, 8)
+    page = report.render_html(d)
+    labels = attention_data(Page(page))["labels"]
+    assert labels[:4] == ["[virtual 0]", "[virtual 1]", "[virtual 2]", "H"] and "soft prompt's virtual" in page
 
 
 # ---- the command ---------------------------------------------------------------------------------
