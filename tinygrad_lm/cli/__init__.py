@@ -13,13 +13,13 @@ from ..tokenizers import UnknownCharactersError
 from ..train import TrainingError
 from . import eval as eval_cmd
 from . import inspect as inspect_cmd   # not `inspect`: that name is the standard library's
-from . import chat, dpo, finetune, generate, info, pipeline, ppo, profile, reward, sft, tokenizer, train
+from . import chat, dpo, finetune, generate, info, pipeline, ppo, profile, reward, scaling, sft, tokenizer, train
 from .common import PROG, HelpFormatter, Parser, UsageError  # noqa: F401  (HelpFormatter: re-exported)
 from .train import FIELD_HELP, _config_flags  # noqa: F401  (tests check every field has help)
 
 COMMANDS = {"train": train, "finetune": finetune, "sft": sft, "reward": reward, "dpo": dpo, "ppo": ppo,
             "pipeline": pipeline, "generate": generate, "chat": chat, "eval": eval_cmd, "tokenizer": tokenizer,
-            "info": info, "profile": profile, "inspect": inspect_cmd}
+            "info": info, "profile": profile, "inspect": inspect_cmd, "scaling": scaling}
 
 
 def build_parser() -> Parser:
