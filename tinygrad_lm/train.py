@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend
+from . import backend, distributed
 from .checkpoint import (CKPT_NAME, LEGACY_CKPT_NAME, CheckpointError, checkpoint_step, load_checkpoint,
                          save_checkpoint)
 from .models import GPT, GPTConfig
@@ -119,54 +119,67 @@ class Trainer:
         self.ckpt = None
         self.interrupted, self.last_eval_iter = False, None
         self._start_over = False
-        if not resume:
-            held = existing_run(self.out)
-            self._start_over = bool(held)
-            if held and not overwrite:
-                raise RunExistsError(f"{self.out} already holds a training run ({held}); "
-                                     f"continue it with --resume, start over with --overwrite, or choose "
-                                     f"another --out")
-        if resume:
-            self.ckpt = load_checkpoint(self.out)
-            meta = self.ckpt["meta"]
-            lacking = [k for k in ("train_config", "batch_rng", "global_rng") if k not in meta]
-            if lacking:
-                raise CheckpointError(f"checkpoint {self.ckpt['path']} cannot resume training: it lacks "
-                                      f"{', '.join(lacking)} (not saved by a Trainer?)")
-            # the run's own settings win: a resumed run must be the same run
-            saved = meta["train_config"]
-            for k in ("data", "tokenizer", "seed", "batch_size", "gradient_accumulation_steps"):
-                setattr(tcfg, k, saved[k])
-            from .tokenizers import tokenizer_from_dict
-            tokenizer = tokenizer or tokenizer_from_dict(meta["tokenizer"])
-            self.data, self.tokenizer = (data, tokenizer) if data is not None else \
-                load_dataset(tcfg.data, tokenizer=tokenizer)
-            self.model_config = GPTConfig.from_dict(meta["model_config"])
-        elif data is not None:
-            self.data, self.tokenizer = data, tokenizer
-        elif tokenizer is not None:
-            self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tokenizer)
-        else:
-            self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tcfg.tokenizer,
-                                                     bpe_vocab_size=tcfg.bpe_vocab_size, progress=tcfg.progress)
-            self.model_config = GPTConfig(**{**(mcfg or {}), "vocab_size": self.tokenizer.vocab_size})
-        if model is not None:
-            self.model_config = model.config
-        self._data_path = str(Path(tcfg.data).resolve()) if tcfg.data is not None else None
-        # the window a batch row holds; a soft prompt's virtual tokens take positions of the context too
-        room = self.model_config.block_size - (model.num_virtual_tokens if model is not None else 0)
-        self.seq_len = tcfg.seq_len or room
-        if self.seq_len > room:
-            raise ValueError(f"seq_len {self.seq_len} does not fit the model's context of {room} positions")
-        self.data.check_block_size(self.seq_len)
-        manual_seed(tcfg.seed)
-        self.model = (GPT(self.model_config) if model is None else model).to(tcfg.device).train()
-        self.optimizer = self.model.configure_optimizers(tcfg.weight_decay, tcfg.learning_rate,
-                                                         (tcfg.beta1, tcfg.beta2))
-        self.batch_rng = np.random.default_rng(tcfg.seed)
-        self.step, self.best_val = 0, math.inf
-        if self.ckpt is not None:
-            self._restore(self.ckpt)
+        self.world = distributed.world(tcfg.device)  # one process, or this rank of an mpiexec job
+        # a rank that cannot set up (a file missing on its machine) stops every rank, not only itself
+        with self.world.together("while setting up the run"):
+            if not resume:
+                held = existing_run(self.out)
+                self._start_over = bool(held)
+                if held and not overwrite:
+                    raise RunExistsError(f"{self.out} already holds a training run ({held}); "
+                                         f"continue it with --resume, start over with --overwrite, or choose "
+                                         f"another --out")
+            if resume:
+                self.ckpt = load_checkpoint(self.out)
+                meta = self.ckpt["meta"]
+                lacking = [k for k in ("train_config", "batch_rng", "global_rng") if k not in meta]
+                if lacking:
+                    raise CheckpointError(f"checkpoint {self.ckpt['path']} cannot resume training: it lacks "
+                                          f"{', '.join(lacking)} (not saved by a Trainer?)")
+                # the run's own settings win: a resumed run must be the same run
+                saved = meta["train_config"]
+                for k in ("data", "tokenizer", "seed", "batch_size", "gradient_accumulation_steps"):
+                    setattr(tcfg, k, saved[k])
+                from .tokenizers import tokenizer_from_dict
+                tokenizer = tokenizer or tokenizer_from_dict(meta["tokenizer"])
+                self.data, self.tokenizer = (data, tokenizer) if data is not None else \
+                    load_dataset(tcfg.data, tokenizer=tokenizer)
+                self.model_config = GPTConfig.from_dict(meta["model_config"])
+            elif data is not None:
+                self.data, self.tokenizer = data, tokenizer
+            elif tokenizer is not None:
+                self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tokenizer)
+            else:
+                self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tcfg.tokenizer,
+                                                         bpe_vocab_size=tcfg.bpe_vocab_size, progress=tcfg.progress)
+                self.model_config = GPTConfig(**{**(mcfg or {}), "vocab_size": self.tokenizer.vocab_size})
+            if model is not None:
+                self.model_config = model.config
+            G, n = tcfg.gradient_accumulation_steps, self.world.size
+            if G % n:
+                raise ValueError(f"gradient_accumulation_steps ({G}) must be divisible by the number of ranks ({n}): "
+                                 f"each rank runs an equal share of a step's micro-batches (e.g. {n * -(-G // n)})")
+            if n > 1 and hasattr(self.data, "evaluate"):
+                raise ValueError(f"{type(self.data).__name__} (ppo's rollouts) under mpiexec is not supported yet: a batch "
+                                 "source that samples and evaluates itself is not split across ranks; run it as one process")
+            self._data_path = str(Path(tcfg.data).resolve()) if tcfg.data is not None else None
+            # the window a batch row holds; a soft prompt's virtual tokens take positions of the context too
+            room = self.model_config.block_size - (model.num_virtual_tokens if model is not None else 0)
+            self.seq_len = tcfg.seq_len or room
+            if self.seq_len > room:
+                raise ValueError(f"seq_len {self.seq_len} does not fit the model's context of {room} positions")
+            self.data.check_block_size(self.seq_len)
+            manual_seed(tcfg.seed)
+            self.model = (GPT(self.model_config) if model is None else model).to(tcfg.device).train()
+            if self.world.rank > 0:  # dropout: every rank a stream of its own (rank 0 keeps one process's)
+                set_rng_state(_rank_rng_state(tcfg.seed, self.world.rank, 0))
+            self.optimizer = self.model.configure_optimizers(tcfg.weight_decay, tcfg.learning_rate,
+                                                             (tcfg.beta1, tcfg.beta2))
+            self.batch_rng = np.random.default_rng(tcfg.seed)
+            self.step, self.best_val = 0, math.inf
+            if self.ckpt is not None:
+                self._restore(self.ckpt)
+        self.world.broadcast_parameters(self.model.parameters())  # rank 0's weights, on every rank
 
     # ---- state ----------------------------------------------------------------------------
     def _restore(self, ckpt):
@@ -186,27 +199,38 @@ class Trainer:
             raise CheckpointError(f"checkpoint {ckpt['path']} does not fit its own model config: {e}") from None
         self.step, self.best_val = meta["step"], meta.get("best_val_loss", math.inf)
         self.batch_rng.bit_generator.state = meta["batch_rng"]
-        set_rng_state(meta["global_rng"])
+        # each rank's dropout stream as it was saved; a rank the saving run did not have starts a new one
+        states, rank = meta.get("rank_rngs") or [meta["global_rng"]], self.world.rank
+        set_rng_state(states[rank] if rank < len(states) else _rank_rng_state(self.cfg.seed, rank, self.step))
         if "data_state" in meta and hasattr(self.data, "load_state_dict"):
             self.data.load_state_dict(meta["data_state"])
 
     def save(self):
-        config = asdict(self.cfg)
-        if config["data"] is not None:  # absolute, so --resume works from any folder
-            config["data"] = self._data_path
-        meta = {**self.extra_meta, "model_config": self.model_config.to_dict(), "train_config": config,
-                "tokenizer": self.tokenizer.to_dict(), "step": self.step, "best_val_loss": self.best_val,
-                "batch_rng": self.batch_rng.bit_generator.state, "global_rng": get_rng_state()}
-        if hasattr(self.data, "state_dict"):   # a batch source with a state of its own (PPO's round, KL coefficient)
-            meta["data_state"] = self.data.state_dict()
-        frozen = any(not p.requires_grad for p in self.model.parameters())
-        if frozen:  # fine-tuning: the base is not saved again at every evaluation
-            meta["trainable_only"] = True
-            state = {n: backend.to_numpy(p.data).copy() for n, p in self.model.named_parameters() if p.requires_grad}
-        else:
-            state = self.model.state_dict()
-        path = save_checkpoint(self.out, state, meta, self.optimizer.state_dict())
-        (self.out / LEGACY_CKPT_NAME).unlink(missing_ok=True)  # a resumed old run: one folder, one checkpoint
+        """Write the checkpoint; returns its path (None on ranks other than 0, which only add their
+        RNG state: under mpiexec every rank calls this)."""
+        rng_states = self.world.allgather_json(get_rng_state())  # dropout: one stream per rank
+        with self.world.together("while saving the checkpoint"):  # rank 0's disk is full: every rank stops
+            if self.world.rank != 0:
+                return None
+            config = asdict(self.cfg)
+            if config["data"] is not None:  # absolute, so --resume works from any folder
+                config["data"] = self._data_path
+            meta = {**self.extra_meta, "model_config": self.model_config.to_dict(), "train_config": config,
+                    "tokenizer": self.tokenizer.to_dict(), "step": self.step, "best_val_loss": self.best_val,
+                    "batch_rng": self.batch_rng.bit_generator.state, "global_rng": get_rng_state()}
+            if self.world.size > 1:
+                meta["rank_rngs"] = rng_states
+            if hasattr(self.data, "state_dict"):   # a batch source with a state of its own (PPO's round, KL coefficient)
+                meta["data_state"] = self.data.state_dict()
+            frozen = any(not p.requires_grad for p in self.model.parameters())
+            if frozen:  # fine-tuning: the base is not saved again at every evaluation
+                meta["trainable_only"] = True
+                state = {n: backend.to_numpy(p.data).copy() for n, p in self.model.named_parameters()
+                         if p.requires_grad}
+            else:
+                state = self.model.state_dict()
+            path = save_checkpoint(self.out, state, meta, self.optimizer.state_dict())
+            (self.out / LEGACY_CKPT_NAME).unlink(missing_ok=True)  # a resumed old run: one folder, one checkpoint
         return path
 
     # ---- pieces of a step -----------------------------------------------------------------
@@ -232,28 +256,40 @@ class Trainer:
             own = getattr(self.data, "evaluate", None)
             if own is not None:
                 return dict(own(self.model))
-            out = {}
+            out, n = {}, self.cfg.eval_iters
             for split in ("train", "val"):
                 rng = np.random.default_rng(self.cfg.seed + 1)
-                losses = [self.model(*self._batch(split, rng))[1].item() for _ in range(self.cfg.eval_iters)]
-                out[split] = float(np.mean(losses))
+                losses = np.zeros(n)  # each rank fills in its share of the batches; the sum gives every one
+                with self.world.together(f"while evaluating at iter {self.step}"):
+                    for i in range(n):
+                        batch = self._batch(split, rng)  # every rank draws every batch: one stream
+                        if i in self.world.shard(n):
+                            losses[i] = self.model(*batch)[1].item()
+                out[split] = float(np.mean(self.world.sum(losses)))
             return out
         finally:
             self.model.train()
 
     def train_step(self) -> float:
-        """One optimizer step (with gradient accumulation); returns the mean micro-batch loss."""
-        c = self.cfg
+        """One optimizer step (with gradient accumulation); returns the mean micro-batch loss.
+        Under mpiexec each rank runs its share of the micro-batches (as nanoGPT splits them) and the
+        gradients are summed over the ranks: the step one process would take."""
+        c, n = self.cfg, self.cfg.gradient_accumulation_steps
         set_lr(self.optimizer, self.lr_at(self.step))
-        total = 0.0
-        for _ in range(c.gradient_accumulation_steps):
-            _, loss = self.model(*self._batch("train", self.batch_rng))
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingError(f"loss is {value} at iter {self.step}; training stopped "
-                                    f"(the last good checkpoint is in {self.out})")
-            total += value
-            (loss / c.gradient_accumulation_steps).backward()
+        losses = np.zeros(n)  # each micro-batch's loss, filled in by the rank that ran it
+        with self.world.together(f"at iter {self.step}"):
+            for i in range(n):
+                # every rank draws every micro-batch, so the stream is one process's, and runs its own
+                batch = self._batch("train", self.batch_rng)
+                if i not in self.world.shard(n):
+                    continue
+                _, loss = self.model(*batch)
+                losses[i] = loss.item()
+                if not math.isfinite(losses[i]):
+                    raise TrainingError(f"loss is {losses[i]} at iter {self.step}; training stopped "
+                                        f"(the last good checkpoint is in {self.out})")
+                (loss / n).backward()  # 1/n of the whole step's batch: the ranks' sum is the mean
+        self.world.allreduce_gradients(self.model.parameters())
         if c.grad_clip > 0:
             norm = clip_grad_norm(self.model.parameters(), c.grad_clip)
             if not math.isfinite(norm):
@@ -261,22 +297,29 @@ class Trainer:
                                     f"(the last good checkpoint is in {self.out})")
         self.optimizer.step()
         self.optimizer.zero_grad()
-        return total / c.gradient_accumulation_steps
+        return sum(self.world.sum(losses).tolist()) / n  # summed in order, as one process adds them up
 
     # ---- the loop ---------------------------------------------------------------------------
     def train(self) -> dict:
         """Train until max_iters; Ctrl-C saves a checkpoint first (and sets ``interrupted``).
         Returns the last evaluation ({"train": loss, "val": loss}, made at ``last_eval_iter``)."""
-        c = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        if self._start_over:  # asked for (overwrite=True): no file of the old run may be mixed in
-            for name in RUN_FILES:
-                (self.out / name).unlink(missing_ok=True)
-            self._start_over = False
-        if self.ckpt is not None:  # a crash may have logged steps after the checkpoint: they are redone
-            _keep_log_until(self.out / "log.jsonl", self.step)
-        logf = open(self.out / "log.jsonl", "a" if self.ckpt is not None else "w")
+        c, w = self.cfg, self.world
+        lead = w.rank == 0  # under mpiexec only rank 0 writes files and prints
+        if lead:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self._start_over:  # asked for (overwrite=True): no file of the old run may be mixed in
+                for name in RUN_FILES:
+                    (self.out / name).unlink(missing_ok=True)
+            if self.ckpt is not None:  # a crash may have logged steps after the checkpoint: they are redone
+                _keep_log_until(self.out / "log.jsonl", self.step)
+        self._start_over = False
+        logf = open(self.out / "log.jsonl", "a" if self.ckpt is not None else "w") if lead else None
         stop = {"flag": False}
+
+        def record(rec):  # one line of log.jsonl
+            if logf is not None:
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
 
         def on_sigint(signum, frame):  # finish the current step, save, then exit
             if stop["flag"]:
@@ -284,9 +327,11 @@ class Trainer:
             stop["flag"] = True
 
         old_handler = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
-        bar = _progress(c, self.step)
+        bar = _progress(c, self.step) if lead else None
 
         def say(msg):  # through the progress bar: cleared, the line printed, the bar redrawn below it
+            if not lead:
+                return
             if bar is None:
                 self.log(msg)
             else:
@@ -296,6 +341,9 @@ class Trainer:
         tokens_per_iter = c.batch_size * c.gradient_accumulation_steps * self.seq_len
         last_eval = {}
         resumed_at = self.step if self.ckpt is not None else None
+        if w.size > 1:
+            say(f"data parallel over {w.size} ranks: each runs {c.gradient_accumulation_steps // w.size} of the "
+                f"{c.gradient_accumulation_steps} micro-batches of a step")
         if resumed_at is not None:
             say(f"resuming from iter {self.step} ({self.ckpt['path']})")
         try:
@@ -306,13 +354,13 @@ class Trainer:
                         extra = {k: v for k, v in last_eval.items() if k not in ("train", "val")}
                         rec = {"iter": self.step, "train_loss": last_eval["train"], "val_loss": last_eval["val"],
                                "lr": self.lr_at(self.step), "eval": True, **extra}
-                        logf.write(json.dumps(rec) + "\n")
-                        logf.flush()
+                        record(rec)
                         say(f"step {self.step}: train loss {last_eval['train']:.4f}, val loss {last_eval['val']:.4f}"
                             + "".join(f", {k} {v:.4g}" for k, v in extra.items() if isinstance(v, float)))
                         self.best_val = min(self.best_val, last_eval["val"])
                         self.save()
-                if self.step >= c.max_iters or stop["flag"]:
+                stopping = w.any(stop["flag"])  # Ctrl-C reached any rank: every rank stops at this step
+                if self.step >= c.max_iters or stopping:
                     break
                 t0 = time.perf_counter()
                 loss = self.train_step()
@@ -322,24 +370,26 @@ class Trainer:
                     # a phase's own statistics of its last step (DPO's reward margins, PPO's clip fraction...)
                     rec = {"iter": self.step, "train_loss": loss, "lr": self.lr_at(self.step - 1),
                            "ms_per_iter": dt * 1e3, "tokens_per_s": tokens_per_iter / dt,
+                           **({"allreduce_ms": w.last_allreduce_s * 1e3} if w.size > 1 else {}),
                            **(getattr(self.model, "last_stats", None) or {})}
-                    logf.write(json.dumps(rec) + "\n")
-                    logf.flush()
+                    record(rec)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr_at(self.step - 1):.2e}",
                                     tok_s=f"{tokens_per_iter / dt:,.0f}", refresh=False)
                     bar.update(1)
-            if stop["flag"]:
+            if stopping:
                 self.save()
                 self.interrupted = True
                 say(f"interrupted: checkpoint saved at iter {self.step} in {self.out}")
         finally:
             if bar is not None:
                 bar.close()
-            logf.close()
+            if logf is not None:
+                logf.close()
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
-        plot_losses(self.out / "log.jsonl", self.out / "loss.png")
+        if lead:
+            plot_losses(self.out / "log.jsonl", self.out / "loss.png")
         return last_eval
 
 
@@ -351,6 +401,12 @@ def existing_run(out: Path) -> str:
     if step is not None:  # an unreadable checkpoint is still a file nobody asked us to replace
         found[0] = f"{found[0]} at iter {step}"
     return ", ".join(found)
+
+
+def _rank_rng_state(seed: int, rank: int, step: int) -> dict:
+    """The global generator's state for a rank > 0 of an mpiexec run (dropout): its own stream,
+    derived from the seed, the rank, and the step it starts at."""
+    return np.random.default_rng([seed, rank, step]).bit_generator.state
 
 
 def _keep_log_until(path: Path, step: int) -> None:
