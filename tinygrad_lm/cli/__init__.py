@@ -2,12 +2,15 @@
 per command (each with ``add_parser(sub)`` and ``run(args)``).
 
 Bad input (a missing file, an invalid value, a corrupt checkpoint...) prints one line
-"tinygrad-lm: error: ..." and exits with code 2, without a traceback."""
+"tinygrad-lm: error: ..." and exits with code 2, without a traceback.
+
+Under ``mpiexec -n N`` the training commands run data parallel (tinygrad_lm.distributed)."""
 from __future__ import annotations
 
+import os
 import sys
 
-from .. import __version__
+from .. import __version__, distributed
 from ..checkpoint import CheckpointError
 from ..tokenizers import UnknownCharactersError
 from ..train import TrainingError
@@ -20,6 +23,7 @@ from .train import FIELD_HELP, _config_flags  # noqa: F401  (tests check every f
 COMMANDS = {"train": train, "finetune": finetune, "sft": sft, "reward": reward, "dpo": dpo, "ppo": ppo,
             "pipeline": pipeline, "generate": generate, "chat": chat, "eval": eval_cmd, "tokenizer": tokenizer,
             "info": info, "profile": profile, "inspect": inspect_cmd, "scaling": scaling}
+DATA_PARALLEL = ("train", "finetune", "sft", "reward", "dpo")  # the commands that run under mpiexec
 
 
 def build_parser() -> Parser:
@@ -40,6 +44,8 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         if args.command is None:
             raise UsageError(f"choose a command: {', '.join(COMMANDS)}")
+        if distributed.launched():
+            return _run_data_parallel(args)
         return COMMANDS[args.command].run(args)
     except UnknownCharactersError as e:
         print(f"{PROG}: error: {_one_line(e)}; a character-level model knows only the characters of its "
@@ -49,7 +55,7 @@ def main(argv=None) -> int:
             NotADirectoryError, PermissionError) as e:
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except TrainingError as e:
+    except (TrainingError, distributed.DistributedError) as e:
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return 1
     except RuntimeError as e:
@@ -64,6 +70,24 @@ def main(argv=None) -> int:
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 141  # 128 + SIGPIPE, as a shell reports it
+
+
+def _run_data_parallel(args) -> int:
+    """This rank's part of `mpiexec -n N tinygrad-lm COMMAND ...`: only rank 0 prints; an error only
+    this rank met ends the whole job once it is printed (MPI_Abort), so no other rank waits forever."""
+    if args.command not in DATA_PARALLEL:
+        raise UsageError(f"{args.command} under mpiexec is not supported yet; the commands that run data "
+                         f"parallel are {', '.join(DATA_PARALLEL)}")
+    world = distributed.world(args.device)
+    if world.rank > 0:
+        sys.stdout = open(os.devnull, "w")  # one copy of the output: rank 0's (errors still go to stderr)
+    try:
+        return COMMANDS[args.command].run(args)
+    except BaseException:
+        if world.failed_together and world.rank > 0:  # rank 0 says it: its error, or which rank failed and why
+            sys.stderr = open(os.devnull, "w")
+        world.abort_at_exit()
+        raise
 
 
 def _one_line(e: BaseException) -> str:
