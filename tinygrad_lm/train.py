@@ -367,7 +367,8 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 self.step += 1
                 if self.step % c.log_interval == 0 or self.step == 1:
-                    # a phase's own statistics of its last step (DPO's reward margins, PPO's clip fraction...)
+                    # a phase's own statistics of its last step (DPO's reward margins, PPO's clip fraction...;
+                    # under mpiexec, of rank 0's last micro-batch)
                     rec = {"iter": self.step, "train_loss": loss, "lr": self.lr_at(self.step - 1),
                            "ms_per_iter": dt * 1e3, "tokens_per_s": tokens_per_iter / dt,
                            **({"allreduce_ms": w.last_allreduce_s * 1e3} if w.size > 1 else {}),

@@ -159,7 +159,7 @@ def run_phase(args, phase: str, data_spec: dict | None = None, build_data=None, 
     result = trainer.train()
     if result:
         print(f"final: train loss {result['train']:.4f}, val loss {result['val']:.4f} (iter {trainer.last_eval_iter})")
-    if outputs:
+    if outputs and trainer.world.rank == 0:  # under mpiexec: one rank writes the folders
         _write_outputs(trainer.out, model, method, ft, args.merge, tok)
     if trainer.interrupted:
         print(f"continue with: {PROG} {phase} --resume --out {out}")

@@ -209,7 +209,7 @@ def run(args) -> int:
         return 130
     if last:
         print(f"final: {last}")
-    if tcfg.sample_tokens:
+    if tcfg.sample_tokens and trainer.world.rank == 0:  # under mpiexec: rank 0 samples and prints
         tok = trainer.tokenizer
         print("sample:")
         m.eval()  # no dropout while sampling
