@@ -209,6 +209,15 @@ def test_without_a_launcher_mpi4py_is_never_imported(work, env):
     assert ok(run([sys.executable, "-c", code], work, env)).stdout.strip() == "ok"
 
 
+def test_under_a_launcher_without_mpi4py_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setattr(distributed, "_WORLD", None)
+    monkeypatch.setitem(sys.modules, "mpi4py", None)   # `import mpi4py` now fails
+    with pytest.raises(distributed.DistributedError, match=r"one of 2 processes, but mpi4py is not installed: "
+                                                           r"pip install 'tinygrad_lm\[mpi\]'"):
+        distributed.world()
+
+
 def test_commands_that_do_not_run_data_parallel_refuse_under_mpiexec(monkeypatch, capsys):
     monkeypatch.setenv("PMI_SIZE", "2")
     assert cli.main(["ppo", "--out", "nowhere"]) == 2

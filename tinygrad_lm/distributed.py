@@ -64,9 +64,9 @@ def world(device: str | None = None) -> "World":
             try:
                 from mpi4py import MPI
             except ImportError:
-                raise DistributedError(f"this process was started by an MPI launcher as one of "
-                                   f"{os.environ.get('PMI_SIZE') or os.environ.get('OMPI_COMM_WORLD_SIZE')} "
-                                   "processes, but mpi4py is not installed: pip install 'tinygrad_lm[mpi]'") from None
+                size = next((os.environ[v] for v in _SIZE_VARS if v in os.environ), "several")
+                raise DistributedError(f"this process was started by an MPI launcher as one of {size} processes, "
+                                       "but mpi4py is not installed: pip install 'tinygrad_lm[mpi]'") from None
             comm = MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
         _WORLD = World(comm)
     if device is not None and backend.normalize_device(device) == "cuda":
