@@ -5,6 +5,7 @@ rank. The bucketing and the single-process world are tested in-process.
 The mpiexec tests need mpi4py and an mpiexec (the `mpi` extra: mpi4py + the mpich wheel, whose
 mpiexec sits beside this Python); they skip without them. Every subprocess runs with one BLAS /
 Numba thread, so 1 process and 2 ranks do the same arithmetic per micro-batch."""
+import importlib.util
 import json
 import os
 import shutil
@@ -60,11 +61,10 @@ def _mpiexec():
     return str(here) if here.exists() else shutil.which("mpiexec")
 
 
-try:
-    import mpi4py  # noqa: F401
-    MPI_MISSING = None if _mpiexec() else "no mpiexec (pip install '.[mpi]' brings one)"
-except ImportError:
+if importlib.util.find_spec("mpi4py") is None:
     MPI_MISSING = "mpi4py is not installed (pip install '.[mpi]')"
+else:
+    MPI_MISSING = None if _mpiexec() else "no mpiexec (pip install '.[mpi]' brings one)"
 needs_mpi = pytest.mark.skipif(MPI_MISSING is not None, reason=MPI_MISSING or "")
 
 
