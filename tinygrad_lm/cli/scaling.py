@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 from .common import UsageError
@@ -47,20 +48,21 @@ def add_parser(sub) -> None:
     r.add_argument("--out", required=True, metavar="DIR",
                    help="sweep folder: runs.jsonl, sweep.json, runs/; the same command continues a killed sweep")
     r.add_argument("--quick", action="store_true",
-                   help=f"the small sweep ({quick}, {QUICK_POINTS} sizes each: minutes instead of half an hour)")
+                   help=f"the small sweep ({quick}, {QUICK_POINTS} sizes each: minutes instead of up to half an hour)")
     r.add_argument("--points", type=int, default=None, metavar="K",
                    help=f"model sizes per budget (default: {DEFAULT_POINTS}; --quick: {QUICK_POINTS})")
     d = SweepConfig()
     r.add_argument("--data", default=None, metavar="PATH", help="text file or folder (default: the built-in corpus)")
     r.add_argument("--vocab-size", "--vocab_size", dest="vocab_size", type=int, default=d.vocab_size, metavar="N",
                    help="tokens of the BPE trained on the data")
-    r.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=d.batch_size, metavar="B")
+    r.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=d.batch_size, metavar="B",
+                   help="sequences per step (every run, so all see the same evaluation batches)")
     r.add_argument("--seq-len", "--seq_len", dest="seq_len", type=int, default=d.seq_len, metavar="T",
                    help="context of every model")
     r.add_argument("--lr", type=float, default=d.learning_rate, metavar="X",
                    help="peak learning rate at width 64 (x 64/width for other widths)")
-    r.add_argument("--seed", type=int, default=d.seed, metavar="N")
-    r.add_argument("--device", default="cpu", metavar="{cpu,cuda}")
+    r.add_argument("--seed", type=int, default=d.seed, metavar="N", help="seed of every run's weights and batches")
+    r.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="where to train")
 
     f = s.add_parser("fit", help="Approach 2 and 3 fits of a sweep (writes DIR/fit.json and PNG plots)")
     f.add_argument("dir", metavar="DIR", help="a sweep folder (scaling run --out DIR)")
@@ -97,10 +99,12 @@ def _run(args) -> int:
                       learning_rate=args.lr, seed=args.seed, device=args.device)
     plan(cfg)   # a budget too small for the grid fails before anything is printed or written
     compile_notice(cfg.device)
+    t0 = time.perf_counter()
     result = run_sweep(args.out, cfg, log=lambda msg: print(msg, flush=True))
     if result["interrupted"]:
         return 130
-    print(f"{len(result['runs'])} runs in {args.out}/runs.jsonl; fit them with: tinygrad-lm scaling fit {args.out}")
+    print(f"{result['trained']} runs trained in {time.perf_counter() - t0:.0f} s; {len(result['runs'])} in "
+          f"{args.out}/runs.jsonl; fit them with: tinygrad-lm scaling fit {args.out}")
     return 0
 
 
@@ -187,5 +191,7 @@ def _table(args) -> int:
         print(f"{r['model']:<16}{r['params']:>9.3g}{r['tokens']:>9.3g}{r['tokens_per_param']:>10.0f}{r['flops']:>11.3g}"
               f"{r['loss']:>8.3f}{r['optimal_params']:>11.3g}{r['optimal_tokens']:>11.3g}")
     print(f"loss and the compute-optimal N, D at the same FLOPs: {fit['source']}")
-    print("sources: " + "; ".join(f"{r['model']}: {r['source']}" for r in rows))
+    print("sources (FLOPs are 6ND):")
+    for r in rows:
+        print(f"  {r['model']}: {r['source']}")
     return 0

@@ -120,14 +120,15 @@ def _check_data(N, D, L):
     return N, D, L
 
 
-def _minimise(starts, lN, lD, lL, delta):
-    """L-BFGS-B from every start; (objective, theta) of each, best first."""
+def _minimise(starts, N, D, L, delta) -> list:
+    """L-BFGS-B from every start; [(objective, theta)] of each, best first."""
     try:
         from scipy.optimize import minimize
         from threadpoolctl import threadpool_limits
     except ImportError as e:
         raise ImportError(f"the parametric fit needs scipy and threadpoolctl ({e}): "
                           "pip install -e '.[scaling]'") from None
+    logs = (np.log(N), np.log(D), np.log(L), delta)
     results = []
     # One BLAS thread: L-BFGS-B's 5-parameter linear algebra gains nothing from threads, and on two
     # busy cores waking them cost ~1 ms per iteration (15 ms a start instead of 5: the 4,500 starts
@@ -135,11 +136,19 @@ def _minimise(starts, lN, lD, lL, delta):
     with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
         warnings.simplefilter("ignore", RuntimeWarning)   # exp overflow of far-off starts; such starts just lose
         for theta0 in starts:
-            res = minimize(_objective, theta0, args=(lN, lD, lL, delta), jac=True, method="L-BFGS-B")
+            res = minimize(_objective, theta0, args=logs, jac=True, method="L-BFGS-B")
             if np.isfinite(res.fun):
                 results.append((float(res.fun), res.x))
+    if not results:
+        raise ValueError("the parametric fit failed from every starting point")
     results.sort(key=lambda fx: fx[0])
     return results
+
+
+def _grid_starts(grid: dict | None) -> list:
+    g = grid or HOFFMANN_GRID
+    return [np.array([a, b, e, al, be]) for al, be, e, a, b in
+            itertools.product(g["alpha"], g["beta"], g["e"], g["a"], g["b"])]
 
 
 def _as_fit(theta) -> dict:
@@ -147,52 +156,35 @@ def _as_fit(theta) -> dict:
     return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": alpha, "beta": beta}
 
 
-def fit_parametric(N, D, L, delta: float = HUBER_DELTA, grid: dict | None = None, *, starts=None,
-                   _keep: list | None = None) -> dict:
+def fit_parametric(N, D, L, delta: float = HUBER_DELTA, grid: dict | None = None) -> dict:
     """Fit L = E + A / N^alpha + B / D^beta to runs of N parameters trained on D tokens reaching
     loss L, as Hoffmann et al. (2022) do: Huber loss (delta) on log L, L-BFGS from every point
-    of ``grid`` (default HOFFMANN_GRID), the best kept. -> {"E", "A", "B", "alpha", "beta"}.
-
-    starts: (a, b, e, alpha, beta) points to start from instead of the grid (the bootstrap restarts
-    from the full fit's best few)."""
+    of ``grid`` (default HOFFMANN_GRID), the best kept. -> {"E", "A", "B", "alpha", "beta"}."""
     N, D, L = _check_data(N, D, L)
-    if starts is None:
-        g = grid or HOFFMANN_GRID
-        starts = [np.array([a, b, e, al, be]) for al, be, e, a, b in
-                  itertools.product(g["alpha"], g["beta"], g["e"], g["a"], g["b"])]
-    results = _minimise(starts, np.log(N), np.log(D), np.log(L), delta)
-    if not results:
-        raise ValueError("the parametric fit failed from every starting point (is the data all finite?)")
-    if _keep is not None:
-        _keep.extend(theta for _, theta in results)
-    return _as_fit(results[0][1])
+    return _as_fit(_minimise(_grid_starts(grid), N, D, L, delta)[0][1])
 
 
 def bootstrap(N, D, L, n_boot: int = 100, seed: int = 0, delta: float = HUBER_DELTA, grid: dict | None = None,
               level: float = 0.8) -> dict:
     """The parametric fit and bootstrap intervals: runs resampled with replacement n_boot times,
-    each refitted from the best distinct minima of the full fit (refitting from all 4,500 grid points
-    each time would cost minutes for the same answer). -> {"fit": {...}, "ci": {name: (lo, hi)},
-    "samples": n_boot, "level": level} with the (1 - level)/2 and (1 + level)/2 quantiles."""
+    each refitted from the 8 best distinct minima of the full fit (refitting from all 4,500 grid
+    points each time would take 40 minutes or more for the same answer). -> {"fit": {...}, "ci": {name: (lo, hi)}
+    for E, A, B, alpha, beta and the exponents a, b, "samples": resamples fitted, "level": level}:
+    the (1 - level)/2 and (1 + level)/2 quantiles."""
     N, D, L = _check_data(N, D, L)
-    found: list = []
-    fit = fit_parametric(N, D, L, delta, grid, _keep=found)
-    starts = _distinct(found, 8)
+    found = _minimise(_grid_starts(grid), N, D, L, delta)
+    starts = _distinct([theta for _, theta in found], 8)
     rng = np.random.default_rng(seed)
     samples = []
     for _ in range(n_boot):
         i = rng.integers(0, len(N), len(N))
-        if len(np.unique(i)) < 5:
-            continue
-        samples.append(fit_parametric(N[i], D[i], L[i], delta, starts=starts))
+        if len(np.unique(i)) >= 5:   # five parameters need five distinct runs
+            fit = _as_fit(_minimise(starts, N[i], D[i], L[i], delta)[0][1])
+            samples.append(fit | compute_optimal_exponents(fit))
     lo, hi = (1 - level) / 2, (1 + level) / 2
     ci = {k: (float(np.quantile([s[k] for s in samples], lo)), float(np.quantile([s[k] for s in samples], hi)))
-          for k in PARAM_NAMES} if samples else {}
-    derived = [compute_optimal_exponents(s) for s in samples]
-    for k in ("a", "b"):
-        if derived:
-            ci[k] = (float(np.quantile([d[k] for d in derived], lo)), float(np.quantile([d[k] for d in derived], hi)))
-    return {"fit": fit, "ci": ci, "samples": len(samples), "level": level}
+          for k in PARAM_NAMES + ("a", "b")} if samples else {}
+    return {"fit": _as_fit(found[0][1]), "ci": ci, "samples": len(samples), "level": level}
 
 
 def _distinct(thetas, k: int) -> list:
