@@ -29,18 +29,19 @@ from ..train import TrainConfig, Trainer
 from .flops import flops_per_token, param_count
 
 # (n_layer, n_embd) from 5k to 4M parameters (with a 512-token vocabulary), each ~1.3-2.5x the
-# last; width over depth between 16 and 48, where Kaplan et al. (2020, fig. 5) saw the loss barely
+# last; width over depth between 8 and 48, where Kaplan et al. (2020, fig. 5) saw the loss barely
 # depend on the shape. Heads of 16 dimensions (one of 8 in the narrowest).
 LADDER = ((1, 8), (1, 16), (1, 24), (1, 32), (1, 48), (2, 48), (2, 64), (3, 80), (3, 96), (4, 112), (4, 128),
           (5, 160), (6, 192), (7, 224))
 HEAD_SIZE = 16
-# where a budget's grid is centred: the shape nearest 40 tokens per parameter, about where a first
-# sweep here found the minima (30-60; Chinchilla's rule says 20); the grid spans several sizes
-# either side, and `scaling fit` says when a minimum lies outside the sizes measured
+# where a budget's grid is centred: the shape nearest 40 tokens per parameter, about where the
+# sweeps here found the minima (25-100, falling as C grows; Chinchilla's rule says 20); the grid
+# spans several sizes either side, and `scaling fit` says when a minimum lies outside them
 CENTRE_TOKENS_PER_PARAM = 40.0
 
-# Sized on the project's 2-core machine (see benchmarks/RESULTS.md): counted FLOPs train at about
-# 4e10 per second there, so a sweep costs ~(points x sum of budgets) / 4e10 seconds plus evaluations.
+# Sized on the project's 2-core machine (benchmarks/RESULTS.md): the default's 3.08e13 counted FLOPs
+# took 703 s from a load of 1 (4.4e10 per second) and 1193 s beside two other training jobs; the
+# quick one's 2.8e12, 71 s and 164 s. Time grows with points x the sum of the budgets.
 DEFAULT_BUDGETS = (1e11, 3e11, 1e12, 3e12)
 DEFAULT_POINTS = 7
 QUICK_BUDGETS = (1e11, 2e11, 4e11)
