@@ -476,3 +476,17 @@ def test_unknown_preset():
     from tinygrad_lm.presets import get_preset
     with pytest.raises(ValueError, match="unknown preset 'huge'.*tiny"):
         get_preset("huge")
+
+
+def test_trainer_builds_a_model_for_a_given_batch_source(tmp_path):
+    """data= without model=: a new GPT of mcfg's shape, its vocabulary the data's tokenizer's."""
+    from tinygrad_lm.data import load_dataset
+    from tinygrad_lm.train import TrainConfig, Trainer
+    text = tmp_path / "t.txt"
+    text.write_text("hello world, " * 200)
+    data, tok = load_dataset(str(text), tokenizer="char", cache_dir=tmp_path / "cache")
+    tcfg = TrainConfig(out_dir=str(tmp_path / "run"), max_iters=1, eval_interval=1, eval_iters=1, batch_size=2,
+                       progress=False, sample_tokens=0)
+    t = Trainer(tcfg, {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16}, log=lambda s: None, data=data)
+    assert t.model.config.vocab_size == tok.vocab_size and t.tokenizer is data.tokenizer
+    assert set(t.train()) == {"train", "val"}

@@ -146,15 +146,18 @@ class Trainer:
                     load_dataset(tcfg.data, tokenizer=tokenizer)
                 self.model_config = GPTConfig.from_dict(meta["model_config"])
             elif data is not None:
-                self.data, self.tokenizer = data, tokenizer
+                self.data, self.tokenizer = data, tokenizer or getattr(data, "tokenizer", None)
+                if self.tokenizer is None:
+                    raise ValueError(f"Trainer: data of type {type(data).__name__} has no tokenizer; pass tokenizer=")
             elif tokenizer is not None:
                 self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tokenizer)
             else:
                 self.data, self.tokenizer = load_dataset(tcfg.data, tokenizer=tcfg.tokenizer,
                                                          bpe_vocab_size=tcfg.bpe_vocab_size, progress=tcfg.progress)
-                self.model_config = GPTConfig(**{**(mcfg or {}), "vocab_size": self.tokenizer.vocab_size})
             if model is not None:
                 self.model_config = model.config
+            elif not resume:   # a new model of mcfg's shape, its vocabulary the tokenizer's
+                self.model_config = GPTConfig(**{**(mcfg or {}), "vocab_size": self.tokenizer.vocab_size})
             G, n = tcfg.gradient_accumulation_steps, self.world.size
             if G % n:
                 raise ValueError(f"gradient_accumulation_steps ({G}) must be divisible by the number of ranks ({n}): "
