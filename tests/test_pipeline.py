@@ -138,3 +138,15 @@ def test_pipeline_smoke(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "[pretrain] kept" in printed and "[dpo] kept" in printed
     assert json.loads((out / "report.json").read_text())["test_prompts"] == 3
+
+
+def test_pipeline_leaves_a_run_it_did_not_make_alone(tmp_path, capsys):
+    foreign = tmp_path / "p" / "pretrain"
+    foreign.mkdir(parents=True)
+    (foreign / "log.jsonl").write_text("{}\n")           # someone's run, not recorded in pipeline.json
+    assert main(["pipeline", "--preset", "smoke", "--out", str(tmp_path / "p"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a training run" in err and "the pretrain stage stopped (exit code 2)" in err
+    assert (foreign / "log.jsonl").read_text() == "{}\n"
+    assert main(["pipeline", "--preset", "smoke", "--out", str(tmp_path / "q"), "--test-prompts", "0"]) == 2
+    assert "--test-prompts must be a positive integer, got 0" in capsys.readouterr().err

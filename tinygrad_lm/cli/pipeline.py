@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -26,32 +27,42 @@ DEPENDS = {"pretrain": (), "sft": ("pretrain",), "reward": ("sft",), "ppo": ("sf
 CHAT_STAGES = ("pretrain", "sft", "ppo", "dpo")   # the table's rows: the models that answer
 RECORD_NAME = "pipeline.json"
 
+
+class StageFailed(Exception):
+    """A stage's command exited with ``rc`` (it has said why): the pipeline stops with the same code."""
+
+    def __init__(self, message: str, rc: int):
+        super().__init__(message)
+        self.rc = rc
+
 # Sizes and step counts per preset, as the flags of each stage's command. "full" fits 30 minutes on
 # a 2-core CPU, "quick" (--quick) 5; "smoke" takes seconds and only proves the plumbing (tests).
-# The model: 4 layers x 128 wide, context 128 (a conversation of the task is at most ~105 byte tokens).
+# The model: 4 layers x 128 wide, context 128 (a conversation of the task is at most ~105 byte
+# tokens). SFT at 1e-3 (fine-tuning's 1e-4 default is for models that already know a task; this one
+# learns the task's copying from scratch); the reward model at 3e-4 (1e-3 overfits its pairs).
 MODEL = ["--n_layer", "4", "--n_head", "4", "--n_embd", "128", "--block_size", "128"]
 PRESETS = {
     "full": dict(
         about="about 30 minutes on 2 CPU cores",
-        pretrain=MODEL + ["--max_iters", "1500", "--batch_size", "16", "--eval_interval", "250", "--eval_iters", "10"],
-        sft=["--max_iters", "300", "--batch_size", "16", "--seq_len", "127", "--eval_interval", "100",
-             "--eval_iters", "5", "--task-size", "2000"],
-        reward=["--max_iters", "200", "--batch_size", "16", "--seq_len", "127", "--eval_interval", "100",
-                "--eval_iters", "5", "--task-size", "600"],
-        ppo=["--max_iters", "40", "--rollout-batch", "32", "--ppo-epochs", "2", "--batch_size", "16",
-             "--seq_len", "127"],
+        pretrain=MODEL + ["--max_iters", "1000", "--batch_size", "16", "--eval_interval", "250", "--eval_iters", "10"],
+        sft=["--max_iters", "1000", "--learning_rate", "1e-3", "--batch_size", "16", "--seq_len", "127",
+             "--eval_interval", "250", "--eval_iters", "5", "--task-size", "4000"],
+        reward=["--max_iters", "200", "--learning_rate", "3e-4", "--batch_size", "16", "--seq_len", "127",
+                "--eval_interval", "50", "--eval_iters", "5", "--task-size", "1500"],
+        ppo=["--max_iters", "480", "--rollout-batch", "64", "--ppo-epochs", "2", "--batch_size", "16",
+             "--seq_len", "127", "--eval_interval", "80"],
         dpo=["--max_iters", "150", "--batch_size", "8", "--seq_len", "127", "--eval_interval", "50",
              "--eval_iters", "5"],
         test_prompts=200),
     "quick": dict(
         about="about 5 minutes on 2 CPU cores",
         pretrain=MODEL + ["--max_iters", "300", "--batch_size", "16", "--eval_interval", "100", "--eval_iters", "5"],
-        sft=["--max_iters", "100", "--batch_size", "16", "--seq_len", "127", "--eval_interval", "50",
-             "--eval_iters", "3", "--task-size", "1000"],
-        reward=["--max_iters", "50", "--batch_size", "16", "--seq_len", "127", "--eval_interval", "50",
-                "--eval_iters", "3", "--task-size", "200"],
-        ppo=["--max_iters", "5", "--rollout-batch", "16", "--ppo-epochs", "1", "--batch_size", "16",
-             "--seq_len", "127"],
+        sft=["--max_iters", "300", "--learning_rate", "1e-3", "--batch_size", "16", "--seq_len", "127",
+             "--eval_interval", "100", "--eval_iters", "3", "--task-size", "2000"],
+        reward=["--max_iters", "60", "--learning_rate", "3e-4", "--batch_size", "16", "--seq_len", "127",
+                "--eval_interval", "30", "--eval_iters", "3", "--task-size", "300"],
+        ppo=["--max_iters", "80", "--rollout-batch", "32", "--ppo-epochs", "2", "--batch_size", "16",
+             "--seq_len", "127", "--eval_interval", "40"],
         dpo=["--max_iters", "40", "--batch_size", "8", "--seq_len", "127", "--eval_interval", "20",
              "--eval_iters", "3"],
         test_prompts=50),
@@ -63,7 +74,8 @@ PRESETS = {
              "--task-size", "20"],
         reward=["--max_iters", "2", "--batch_size", "2", "--seq_len", "127", "--eval_interval", "2",
                 "--eval_iters", "1", "--task-size", "8", "--max-new-tokens", "8"],
-        ppo=["--max_iters", "1", "--rollout-batch", "2", "--ppo-epochs", "1", "--batch_size", "2", "--seq_len", "127"],
+        ppo=["--max_iters", "1", "--rollout-batch", "2", "--ppo-epochs", "1", "--batch_size", "2", "--seq_len", "127",
+             "--eval_interval", "1", "--eval-prompts", "2", "--max-new-tokens", "8"],
         dpo=["--max_iters", "2", "--batch_size", "2", "--seq_len", "127", "--eval_interval", "2", "--eval_iters", "1"],
         test_prompts=5, max_new_tokens=8),
 }
@@ -128,7 +140,7 @@ def _write_record(path: Path, record: dict) -> None:
 def run_stages(out: Path, commands: dict, overwrite: bool = False, log=print) -> dict:
     """Run each stage's command in order through ``cli.main``; {stage: {"command", "seconds", "status"}}
     with status "ran", "kept" (done before by the same command, its inputs kept too) or "skipped"
-    (its command does not exist in this version). A stage that fails stops the pipeline: UsageError
+    (its command does not exist in this version). A stage that fails stops the pipeline: StageFailed
     naming it, its exit code and its command."""
     from . import COMMANDS, main
     from ..train import existing_run
@@ -157,8 +169,8 @@ def run_stages(out: Path, commands: dict, overwrite: bool = False, log=print) ->
         rc = main(argv + (["--overwrite"] if replace else []))
         seconds = time.perf_counter() - start
         if rc != 0:
-            raise UsageError(f"pipeline: the {stage} stage failed (exit code {rc}) after {seconds:.0f} s; its command: "
-                             f"{shown}")
+            raise StageFailed(f"the {stage} stage stopped (exit code {rc}) after {seconds:.0f} s; its command: {shown}"
+                              + ("; run the pipeline again to go on from there" if rc == 130 else ""), rc)
         done[stage] = {"command": argv, "seconds": seconds, "status": "ran"}
         ran.add(stage)
         record["stages"][stage] = {"command": argv, "seconds": seconds}
@@ -187,7 +199,9 @@ def evaluate_stages(out: Path, stages: dict, n_prompts: int, device: str = "cpu"
             continue
         start = time.perf_counter()
         model, stage_tok, _ = (sft, tok, None) if stage == "sft" else load_model(out / stage, device)
-        replies = sft_replies if stage == "sft" else greedy_replies(model, stage_tok, prompts, max_new_tokens)
+        if stage_tok.to_dict() != tok.to_dict():   # the reward model and the KL read its replies with SFT's
+            raise UsageError(f"{out / stage} has another tokenizer than {out / 'sft'}: not a stage of this pipeline")
+        replies = sft_replies if stage == "sft" else greedy_replies(model, tok, prompts, max_new_tokens)
         row = exact_match(prompts, replies)
         row["reward"] = float(reward_model.score_replies(tok, prompts, replies).mean())
         row["win_rate"] = win_rate(prompts, replies, sft_replies)
@@ -228,6 +242,7 @@ def write_report(out: Path, preset: str, stages: dict, scores: dict, times: dict
     from ..align.report import markdown_table
     rows = scores["rows"]
     reward_eval, dpo_eval = _json_or_none(out / "reward" / "reward_eval.json"), _json_or_none(out / "dpo" / "dpo_eval.json")
+    ppo_eval = _json_or_none(out / "ppo" / "ppo_eval.json")
     sft = rows.get("sft")
     targets = {}
     for stage in ("ppo", "dpo"):
@@ -238,7 +253,7 @@ def write_report(out: Path, preset: str, stages: dict, scores: dict, times: dict
     report = {"preset": preset, "test_prompts": scores["test_prompts"],
               "commands": {s: f"{PROG} {shlex.join(v['command'])}" for s, v in stages.items()},
               "status": {s: v["status"] for s, v in stages.items()}, "rows": rows, "targets": targets,
-              "reward_model": reward_eval, "dpo_eval": dpo_eval, "examples": scores["examples"],
+              "reward_model": reward_eval, "ppo_eval": ppo_eval, "dpo_eval": dpo_eval, "examples": scores["examples"],
               "seconds": {**stage_seconds, **{k: round(v, 1) for k, v in times.items()},
                           "from_scratch": round(sum(v["seconds"] for v in stages.values()) + times["report"], 1)}}
     js = out / "report.json"
@@ -262,6 +277,10 @@ def write_report(out: Path, preset: str, stages: dict, scores: dict, times: dict
     if reward_eval:
         md += ["", f"Reward model: held-out pair accuracy {reward_eval['accuracy']:.1%} over "
                f"{reward_eval['pairs']} validation pairs (DIR/reward/reward_eval.json)."]
+    if ppo_eval:
+        md += [f"PPO's own last evaluation (iter {ppo_eval['iter']}, prompts sampled at temperature 1): reward-model "
+               f"score {ppo_eval['val/objective/scores']:+.3f}, KL to its start {ppo_eval['val/objective/kl']:.3f}, "
+               f"exact match {ppo_eval['val/rollout/correct']:.1%} (DIR/ppo/ppo_eval.json)."]
     if dpo_eval:
         md += [f"DPO: implicit-reward pair accuracy {dpo_eval['rewards/accuracy']:.1%}, margin "
                f"{dpo_eval['rewards/margin']:+.3f} over {dpo_eval['pairs']} validation pairs (DIR/dpo/dpo_eval.json)."]
@@ -286,13 +305,17 @@ def write_report(out: Path, preset: str, stages: dict, scores: dict, times: dict
 
 def run(args) -> int:
     preset = "quick" if args.quick else args.preset
-    n_prompts = args.test_prompts or PRESETS[preset]["test_prompts"]
+    n_prompts = PRESETS[preset]["test_prompts"] if args.test_prompts is None else args.test_prompts
     if n_prompts < 1:
         raise UsageError(f"--test-prompts must be a positive integer, got {n_prompts}")
     out = Path(args.out)
     commands = stage_commands(args.out, preset, args.device, args.seed, args.quiet)
     start = time.perf_counter()
-    stages = run_stages(out, commands, args.overwrite, log=lambda s: print(s, flush=True))
+    try:
+        stages = run_stages(out, commands, args.overwrite, log=lambda s: print(s, flush=True))
+    except StageFailed as e:
+        print(f"{PROG} pipeline: {e}", file=sys.stderr)
+        return e.rc
     train_seconds = time.perf_counter() - start
     print(f"[report] scoring {', '.join(s for s in CHAT_STAGES if stages[s]['status'] != 'skipped')} on "
           f"{n_prompts} test prompts", flush=True)
