@@ -50,6 +50,16 @@ def load_model_from_base(chat_base):
     return load_source(None, str(chat_base / "base"), "cpu")
 
 
+def test_greedy_replies_scored_as_eval_task_builtin_scores_them(chat_model):
+    from tinygrad_lm.align.evaluate import task_accuracy
+    from tinygrad_lm.align.report import greedy_replies
+    from tinygrad_lm.align.tasks import task_split
+    model, tok = chat_model
+    examples = task_split("test", 5)
+    prompts = [e["prompt"] for e in examples]
+    assert exact_match(prompts, greedy_replies(model, tok, prompts, 8)) == task_accuracy(model, tok, examples, 8)
+
+
 def test_reply_rows_score_the_reply_tokens_only():
     x, y = reply_rows([([1, 2, 3], [7, 8]), ([4, 5], [9])])
     assert x.tolist() == [[1, 2, 3, 7], [4, 5, 0, 0]]
