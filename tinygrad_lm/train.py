@@ -457,7 +457,7 @@ def plot_losses(log_path: Path, png_path: Path) -> Path | None:
     if val:
         ax.plot(*zip(*val), "o-", label="val")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("cross-entropy loss")
+    ax.set_ylabel("loss")   # cross-entropy, or a phase's own (Bradley-Terry, DPO, PPO)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

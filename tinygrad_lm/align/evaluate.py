@@ -9,9 +9,13 @@ from ..tokenizers.chat import end_of_turn_ids
 from .sft import chat_template_of
 from .tasks import FAMILIES, family_of, is_correct
 
+# room for the task's longest answer (4 words of 8 letters and 3 spaces: 35 characters, a token each
+# for a byte-level model) and the end-of-turn token after it
+MAX_NEW_TOKENS = 48
+
 
 @no_grad()
-def reply(model, tokenizer, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, seed=None,
+def reply(model, tokenizer, prompt: str, max_new_tokens: int = MAX_NEW_TOKENS, temperature: float = 0.0, seed=None,
           template=None) -> str:
     """The model's reply to one user message (greedy by default), without the end-of-turn token."""
     template = template or chat_template_of(tokenizer)
@@ -27,7 +31,7 @@ def reply(model, tokenizer, prompt: str, max_new_tokens: int = 32, temperature: 
     return tokenizer.decode(new)
 
 
-def task_accuracy(model, tokenizer, examples: list[dict], max_new_tokens: int = 32, log=None) -> dict:
+def task_accuracy(model, tokenizer, examples: list[dict], max_new_tokens: int = MAX_NEW_TOKENS, log=None) -> dict:
     """{family: exact-match accuracy, "all": overall, "n": prompts} over task examples, greedy."""
     model.eval()
     template = chat_template_of(tokenizer)

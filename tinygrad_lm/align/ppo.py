@@ -37,6 +37,7 @@ from .. import backend
 from ..nn import Module
 from ..tensor import Tensor, host_array, no_grad
 from ..tokenizers.chat import end_of_turn_ids
+from .evaluate import MAX_NEW_TOKENS
 from .heads import ScalarHead
 from .losses import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_penalty, masked_mean,
                      ppo_policy_loss, ppo_value_loss, token_logprobs, whiten)
@@ -107,7 +108,7 @@ def kl_controller(kl_coef: float, target_kl: float | None = None, horizon: float
 @no_grad()
 def collect_rollouts(ppo: PPOModel, tokenizer, prompts: list[str], reward_model, reward_tokenizer=None, *,
                      kl_coef: float, seed: int, temperature: float = 1.0, top_k: int | None = None,
-                     max_new_tokens: int = 32, missing_eos_penalty: float = 1.0, gamma: float = 1.0,
+                     max_new_tokens: int = MAX_NEW_TOKENS, missing_eos_penalty: float = 1.0, gamma: float = 1.0,
                      lam: float = 0.95, kl_estimator: str = "k1", chunk: int = 16) -> dict:
     """One reply per prompt from the policy, scored and turned into PPO's training arrays.
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import backend
 from ..tensor import host_array, no_grad
-from .evaluate import reply
+from .evaluate import MAX_NEW_TOKENS, reply
 from .losses import kl_penalty, token_logprobs
 from .reward import sample_reply_ids
 from .sft import IGNORE, chat_template_of
@@ -36,7 +36,7 @@ __all__ = ["COLUMNS", "greedy_replies", "exact_match", "win_rate", "reply_rows",
 COLUMNS = (*FAMILIES, "all", "reward", "win_rate", "kl")
 
 
-def greedy_replies(model, tokenizer, prompts, max_new_tokens: int = 32) -> list[str]:
+def greedy_replies(model, tokenizer, prompts, max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
     """The model's greedy reply to each prompt, exactly as `eval --task builtin` makes them."""
     model.eval()
     template = chat_template_of(tokenizer)
@@ -98,7 +98,7 @@ def rows_token_logprobs(model, x, y, batch_size: int = 16) -> np.ndarray:
     return out
 
 
-def sampled_kl(policy, reference, tokenizer, prompts, *, temperature: float = 1.0, max_new_tokens: int = 32,
+def sampled_kl(policy, reference, tokenizer, prompts, *, temperature: float = 1.0, max_new_tokens: int = MAX_NEW_TOKENS,
                seed: int = 0) -> dict:
     """KL(policy || reference) estimated on ``prompts``: one reply per prompt sampled from the policy,
     summed k1 = log policy - log reference over its tokens -> {"kl": mean over prompts, "kl_sem":

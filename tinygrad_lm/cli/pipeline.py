@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..align.evaluate import MAX_NEW_TOKENS
 from .common import PROG, UsageError
 
 STAGES = ("pretrain", "sft", "reward", "ppo", "dpo")
@@ -79,7 +80,6 @@ PRESETS = {
         dpo=["--max_iters", "2", "--batch_size", "2", "--seq_len", "127", "--eval_interval", "2", "--eval_iters", "1"],
         test_prompts=5, max_new_tokens=8),
 }
-DEFAULT_MAX_NEW_TOKENS = 32   # longest reply scored; the task's longest answer is 35 characters (a byte each)
 
 
 def add_parser(sub) -> None:
@@ -179,7 +179,7 @@ def run_stages(out: Path, commands: dict, overwrite: bool = False, log=print) ->
     return done
 
 
-def evaluate_stages(out: Path, stages: dict, n_prompts: int, device: str = "cpu", max_new_tokens: int = 32,
+def evaluate_stages(out: Path, stages: dict, n_prompts: int, device: str = "cpu", max_new_tokens: int = MAX_NEW_TOKENS,
                     seed: int = 0, log=print) -> dict:
     """The table's numbers: {stage: {family..., "all", "reward", "win_rate", "kl", ...}} for each chat
     stage that has a run, on the first ``n_prompts`` test prompts of the built-in task (the ones
@@ -321,7 +321,7 @@ def run(args) -> int:
           f"{n_prompts} test prompts", flush=True)
     t = time.perf_counter()
     scores = evaluate_stages(out, stages, n_prompts, args.device,
-                             PRESETS[preset].get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS), log=lambda s: print(s, flush=True))
+                             PRESETS[preset].get("max_new_tokens", MAX_NEW_TOKENS), log=lambda s: print(s, flush=True))
     times = {"stages": train_seconds, "report": time.perf_counter() - t, "total": time.perf_counter() - start}
     md, js = write_report(out, preset, stages, scores, times)
     print(f"report: {md} and {js} ({times['total'] / 60:.1f} min in all)")

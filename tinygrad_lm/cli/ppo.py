@@ -17,6 +17,7 @@ import json
 import math
 from pathlib import Path
 
+from ..align.evaluate import MAX_NEW_TOKENS
 from .common import UsageError, load_checkpoint
 from .dpo import take_policy
 from .finetune import add_phase_args, run_phase
@@ -57,7 +58,8 @@ def add_parser(sub) -> None:
     g.add_argument("--cliprange-value", "--cliprange_value", dest="cliprange_value", type=float, default=0.2,
                    metavar="X", help="value clip")
     g.add_argument("--temperature", type=float, default=1.0, metavar="X", help="sampling temperature of rollouts")
-    g.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=32, metavar="N",
+    g.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=MAX_NEW_TOKENS,
+                   metavar="N",
                    help="longest reply, in tokens")
     g.add_argument("--missing-eos-penalty", "--missing_eos_penalty", dest="missing_eos_penalty", type=float,
                    default=1.0, metavar="X", help="subtracted from the score of a reply that never ended")
