@@ -114,3 +114,14 @@ def parameters_as_inputs(module, call):
         return call()
 
     return params, fn, lambda: put(params)
+
+
+def lying(fn):
+    """fn, but its values under no_grad (gradcheck's numeric evaluations) 1% off the one backward
+    saw: a gradcheck of it must fail, or the harness checks nothing."""
+    import tinygrad_lm as tg
+
+    def wrong(*tensors):
+        loss = fn(*tensors)
+        return loss if tg.is_grad_enabled() else loss * 1.01
+    return wrong

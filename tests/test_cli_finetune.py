@@ -127,3 +127,11 @@ def test_an_adapter_is_not_replaced_without_overwrite(main):
     code, _, err = main("finetune", "--model", "base", "--data", "text.txt", "--out", "run_twice", *FAST)
     assert code == 2 and "already holds" in err
     finetune(main, "run_twice", "lora", "--overwrite")
+
+
+def test_hold_out_keeps_the_last_tenth_and_refuses_too_few():
+    from tinygrad_lm.cli.finetune import hold_out
+    assert hold_out(list(range(20)), "f.jsonl", "pair(s)", "DPO") == (list(range(18)), [18, 19])
+    assert hold_out(list(range(5)), "f.jsonl", "pair(s)", "DPO", 2) == ([0, 1, 2], [3, 4])
+    with pytest.raises(ValueError, match=r"f.jsonl: 1 prompt\(s\); PPO needs training records besides the 1 held out"):
+        hold_out(["only"], "f.jsonl", "prompt(s)", "PPO")

@@ -17,7 +17,7 @@ from tinygrad_lm.models import GPT, GPTConfig
 from tinygrad_lm.tensor import manual_seed
 from tinygrad_lm.tokenizers import ByteTokenizer
 
-from strategies import parameters_as_inputs
+from strategies import lying, parameters_as_inputs
 
 CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TOK = ByteTokenizer(CHAT_TOKENS)
@@ -85,13 +85,9 @@ def test_gradcheck_is_not_vacuous():
     x, y = preference_batch()
     params, fn, restore = loss_of_parameters(rm, x, y)
 
-    def lying(*tensors):
-        loss = fn(*tensors)
-        return loss if tg.is_grad_enabled() else loss * 1.01
-
     try:
         with pytest.raises(tg.GradcheckError):
-            gradcheck(lying, params, directional=True)
+            gradcheck(lying(fn), params, directional=True)
         copies = [p.detach().requires_grad_(True) for p in params]
         fn(*copies).backward()
         assert np.abs(copies[-2].grad).max() > 0      # score.weight

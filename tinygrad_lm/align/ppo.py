@@ -39,7 +39,7 @@ from ..tensor import Tensor, host_array, no_grad
 from ..tokenizers.chat import end_of_turn_ids
 from .evaluate import MAX_NEW_TOKENS
 from .heads import ScalarHead
-from .losses import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_penalty, masked_mean,
+from .losses import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_penalty,
                      ppo_policy_loss, ppo_value_loss, token_logprobs, whiten)
 from .phase import PolicyPhase
 from .reward import prompt_ids, reply_text, sample_reply_ids
@@ -87,8 +87,9 @@ class PPOModel(PolicyPhase):
         pg_loss, pg_stats = ppo_policy_loss(logp, old_logprobs, advantages, mask, self.cliprange)
         vf_loss, vf_stats = ppo_value_loss(values, old_values, returns, mask, self.cliprange_value)
         loss = pg_loss + vf_loss * self.vf_coef
-        with no_grad():
-            entropy = masked_mean(entropy_from_logits(Tensor._wrap(logits.data, False), mask), mask)
+        with no_grad():   # a statistic: the reply positions' logits only, not the whole (B, T, V)
+            rows = logits.data[backend.xp_of(logits.data).asarray(mask).astype(bool)]          # (n, V)
+            entropy = entropy_from_logits(Tensor._wrap(rows, False)).mean()
         self.last_stats = {**self.rollout_stats, "loss/policy": pg_loss.item(), "loss/value": vf_loss.item(),
                            **pg_stats, **vf_stats, "policy/entropy": entropy.item()}
         return values, loss

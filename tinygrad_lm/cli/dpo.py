@@ -15,9 +15,8 @@ from pathlib import Path
 
 from ..checkpoint import CKPT_NAME, LEGACY_CKPT_NAME, META_KEY
 from .common import UsageError
-from .finetune import DEFAULTS, add_phase_args, run_phase
+from .finetune import DEFAULTS, add_phase_args, hold_out, run_phase
 
-VAL_SHARE = 0.1
 EVAL_NAME = "dpo_eval.json"
 
 
@@ -100,10 +99,8 @@ def build_data(spec: dict, tokenizer):
         train = [r for r, s in zip(rows, split) if s == "train"]
         val = [r for r, s in zip(rows, split) if s == "validation"]
         return PreferenceData(train, val, tokenizer, source=f"{spec['jsonl']} (its train and validation pairs)")
-    if len(rows) < 2:
-        raise ValueError(f"{spec['jsonl']}: {len(rows)} pair(s); DPO needs at least 2 (train and validation)")
-    n_val = max(1, round(len(rows) * VAL_SHARE))
-    return PreferenceData(rows[:-n_val], rows[-n_val:], tokenizer, source=spec["jsonl"])
+    train, val = hold_out(rows, spec["jsonl"], "pair(s)", "DPO")
+    return PreferenceData(train, val, tokenizer, source=spec["jsonl"])
 
 
 def _split_fields(path) -> list:

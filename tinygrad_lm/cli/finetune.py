@@ -71,6 +71,17 @@ def add_phase_args(f, data_help: str, method: str, defaults: dict | None = None)
                       + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
 
 
+VAL_SHARE = 0.1   # a phase's JSONL without a split of its own: its last tenth is held out
+
+
+def hold_out(rows: list, path, what: str, phase: str, n_val: int | None = None) -> tuple[list, list]:
+    """(train, validation) records of a JSONL: the last ``n_val`` (default: a tenth, at least one)
+    held out; an error naming the file when nothing would be left to train on."""
+    n_val = n_val or max(1, round(len(rows) * VAL_SHARE))
+    if len(rows) <= n_val:
+        raise ValueError(f"{path}: {len(rows)} {what}; {phase} needs training records besides the {n_val} held out")
+    return rows[:-n_val], rows[-n_val:]
+
 def _base_record(args) -> dict:
     """The base as the checkpoint records it: absolute paths, so --resume works from any folder."""
     if args.ckpt is not None:

@@ -20,9 +20,8 @@ from pathlib import Path
 from ..align.evaluate import MAX_NEW_TOKENS
 from .common import UsageError, load_checkpoint
 from .dpo import take_policy
-from .finetune import add_phase_args, run_phase
+from .finetune import add_phase_args, hold_out, run_phase
 
-VAL_SHARE = 0.1
 EVAL_NAME = "ppo_eval.json"
 # a PPO run's training defaults: minibatches of 16 rollouts, 2 epochs over rounds of 64 (8 updates a
 # round), an evaluation every 5 rounds, no warm-up, the model's whole context for prompt + reply
@@ -103,10 +102,8 @@ def prompts_of(spec: dict) -> tuple[dict, str]:
                 f"the built-in task's prompts ({spec['train']} + {spec['val']})")
     from ..align.jsonl import read_jsonl
     rows = [r["prompt"] for r in read_jsonl(spec["jsonl"], "prompt")]
-    if len(rows) < 2:
-        raise ValueError(f"{spec['jsonl']}: {len(rows)} prompt(s); PPO needs at least 2 (train and validation)")
-    n_val = max(1, round(len(rows) * VAL_SHARE))
-    return {"train": rows[:-n_val], "val": rows[-n_val:]}, spec["jsonl"]
+    train, val = hold_out(rows, spec["jsonl"], "prompt(s)", "PPO")
+    return {"train": train, "val": val}, spec["jsonl"]
 
 
 def run(args) -> int:

@@ -16,9 +16,8 @@ import json
 from pathlib import Path
 
 from .common import UsageError, load_model, load_source
-from .finetune import DEFAULTS, add_phase_args, run_phase
+from .finetune import DEFAULTS, add_phase_args, hold_out, run_phase
 
-VAL_SHARE = 0.1
 PAIRS_NAME = "pairs.jsonl"
 EVAL_NAME = "reward_eval.json"
 
@@ -99,11 +98,8 @@ def build_data(spec: dict, tokenizer):
     from ..align.jsonl import read_jsonl
     from ..align.preferences import PreferenceData
     rows = read_jsonl(spec["jsonl"], "preference")
-    n_val = spec.get("val") or max(1, round(len(rows) * VAL_SHARE))
-    if len(rows) <= n_val:
-        raise ValueError(f"{spec['jsonl']}: {len(rows)} pair(s); a reward model needs training pairs besides "
-                         f"the {n_val} held out")
-    return PreferenceData(rows[:-n_val], rows[-n_val:], tokenizer, source=spec["jsonl"])
+    train, val = hold_out(rows, spec["jsonl"], "pair(s)", "a reward model", spec.get("val"))
+    return PreferenceData(train, val, tokenizer, source=spec["jsonl"])
 
 
 def load_reward_model(path, device: str = "cpu"):

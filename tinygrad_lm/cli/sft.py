@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .finetune import add_phase_args, run_phase
-
-VAL_SHARE = 0.1
+from .finetune import add_phase_args, hold_out, run_phase
 
 
 def add_parser(sub) -> None:
@@ -52,10 +50,8 @@ def build_data(spec: dict, tokenizer):
                        packing=packing)
     from ..align.jsonl import read_jsonl
     rows = read_jsonl(spec["jsonl"], "sft")
-    if len(rows) < 2:
-        raise ValueError(f"{spec['jsonl']}: {len(rows)} conversation(s); SFT needs at least 2 (train and validation)")
-    n_val = max(1, round(len(rows) * VAL_SHARE))
-    return SFTData(rows[:-n_val], rows[-n_val:], tokenizer, source=spec["jsonl"], packing=packing)
+    train, val = hold_out(rows, spec["jsonl"], "conversation(s)", "SFT")
+    return SFTData(train, val, tokenizer, source=spec["jsonl"], packing=packing)
 
 
 def run(args) -> int:
